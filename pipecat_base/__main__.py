@@ -1,0 +1,5 @@
+"""``python -m pipecat_base serve [BOT]``."""
+
+from .cli import run
+
+run()

@@ -1,0 +1,84 @@
+"""``pipecat-base serve [BOT]`` and ``python -m pipecat_base``.
+
+Startup runs in this order, each step visible here:
+
+1. install the early SIGTERM guard (a SIGTERM from here on exits 0 at once);
+2. parse every setting (a bad value: one line on stderr, exit 2);
+3. import the bot module (no ``bot``: one line, exit 1; the module raising: its traceback, exit 1);
+4. import the session argument types (pipecat, pipecatcloud), then configure logging: both
+   the bot and pipecatcloud reconfigure loguru at import, so we take it over last;
+5. serve until SIGTERM/SIGINT, drain, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_CONFIG = 2
+EXIT_BOT = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    from .early_sigterm import EarlySigtermGuard
+
+    guard = EarlySigtermGuard.install()
+
+    parser = argparse.ArgumentParser(prog="pipecat-base", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a bot module on PORT (default 8080)")
+    serve.add_argument(
+        "bot",
+        nargs="?",
+        help="path to the bot file or a module name (default: $PIPECAT_BOT, else 'bot')",
+    )
+    options = parser.parse_args(argv)
+
+    from .config import ConfigError, load_settings
+
+    try:
+        overrides = {"bot": options.bot} if options.bot else {}
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"pipecat-base: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from .loader import BotLoadError, load_bot
+
+    try:
+        bot_module = load_bot(settings.bot)
+    except BotLoadError as exc:
+        print(f"pipecat-base: cannot load the bot: {exc}", file=sys.stderr)
+        return EXIT_BOT
+
+    import trio
+    from loguru import logger
+
+    from . import session_args
+    from .logs import configure_logging
+    from .server import Server
+
+    types_from = session_args.preload()
+    configure_logging(settings.log_level)
+    logger.info(f"Session arguments from {types_from}")
+    server = Server(settings, bot_module, on_shutdown=guard.absorb)
+    trio.run(server.run)
+    guard.absorb()
+    assert server.supervisor is not None
+    if server.supervisor.abandoned_sessions:
+        # A bot that ignored cancellation may hold non-daemon threads or atexit work that would
+        # keep the process alive past the container's grace period: leave now.
+        logger.warning("Exiting with abandoned sessions still running")
+        logger.complete()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def run() -> None:
+    """Console-script wrapper: exit with `main`'s code."""
+    sys.exit(main())

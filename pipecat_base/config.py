@@ -1,0 +1,82 @@
+"""Every environment variable the server reads, parsed once into a validated `Settings`.
+
+Nothing else in the package reads ``os.environ`` for its own settings. A bad value fails startup
+with one line naming the variable and the value (`ConfigError`), which the CLI turns into exit
+code 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A setting has a value the server cannot run with; `str()` is one line for stderr."""
+
+
+class Settings(BaseSettings):
+    """Server settings, from the environment (names are case-sensitive, as in the container).
+
+    Empty values count as unset, so ``MAX_SESSIONS=`` means "no limit", not an error.
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, extra="ignore")
+
+    bot: str = Field("bot", validation_alias="PIPECAT_BOT")
+    host: str = Field("0.0.0.0", validation_alias="HOST")
+    # 0 asks the OS for a free port (tests and local runs); the container uses 8080.
+    port: int = Field(8080, ge=0, le=65535, validation_alias="PORT")
+    shutdown_timeout: float = Field(7200.0, ge=0, validation_alias="SHUTDOWN_TIMEOUT")
+    session_cancel_grace: float = Field(5.0, ge=0, validation_alias="SESSION_CANCEL_GRACE")
+    max_sessions: int | None = Field(None, ge=1, validation_alias="MAX_SESSIONS")
+    log_level: str = Field("DEBUG", validation_alias="PIPECAT_LOG_LEVEL")
+    image_version: str = Field("unknown", validation_alias="IMAGE_VERSION")
+    token_refresher_dir: str = Field(
+        "/var/run/token-refresher", validation_alias="PCC_TOKEN_REFRESHER_DIR"
+    )
+
+    @field_validator("shutdown_timeout", "session_cancel_grace")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Parse the settings from ``environ`` (default: the process environment).
+
+    Args:
+        environ: Variables to read instead of ``os.environ`` (tests pass a dict).
+        **overrides: Values that win over the environment, by field name (the CLI's BOT argument).
+
+    Raises:
+        ConfigError: naming the first offending variable and its raw value.
+    """
+    try:
+        if environ is None:
+            settings = Settings()
+        else:
+            present = {k: v for k, v in environ.items() if v != ""}
+            settings = Settings.model_validate(present)
+        return settings.model_copy(update=overrides) if overrides else settings
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        raise ConfigError(
+            f"Invalid environment variable {name}={error['input']!r}: {error['msg']}"
+        ) from None

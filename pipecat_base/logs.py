@@ -1,0 +1,63 @@
+"""Console logging: one loguru sink, the session id on every record, probes kept out.
+
+`configure_logging` runs after the bot module is imported (a bot may reconfigure loguru at
+import; we take over afterwards, as the existing image does). `session_context` binds the
+session id through a context variable, so everything logged inside a session, on the trio side
+and on the asyncio side (asyncio tasks copy the context they are created in), carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+from loguru import logger
+
+CONSOLE_FORMAT = (
+    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} | "
+    "{extra[session_id]} - {message}"
+)
+NO_SESSION = "NONE"
+PROBE_PATHS = ("/livez", "/readyz", "/metrics")
+
+
+def configure_logging(level: str, sink: TextIO | None = None) -> None:
+    """Replace every loguru sink with the console sink and route stdlib logging into it."""
+    logger.remove()
+    logger.configure(extra={"session_id": NO_SESSION})
+    logger.add(sink or sys.stderr, format=CONSOLE_FORMAT, level=level, backtrace=False)
+    for name in ("hypercorn.error", "hypercorn.access"):
+        std = logging.getLogger(name)
+        std.handlers[:] = [_ToLoguru()]
+        std.setLevel(logging.INFO)
+        std.propagate = False
+    logging.getLogger("hypercorn.access").addFilter(_drop_probes)
+
+
+@contextmanager
+def session_context(session_id: str | None) -> Iterator[None]:
+    """Bind ``session_id`` to every record logged in this context (trio and asyncio alike)."""
+    with logger.contextualize(session_id=session_id or NO_SESSION):
+        yield
+
+
+def _drop_probes(record: logging.LogRecord) -> bool:
+    # Health probes arrive every few seconds; they drowned the access log in the existing image.
+    message = record.getMessage()
+    return not any(path in message for path in PROBE_PATHS)
+
+
+class _ToLoguru(logging.Handler):
+    """Forward a stdlib record (Hypercorn's) to loguru, keeping its level and origin."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.patch(
+            lambda r: r.update(name=record.name, function=record.funcName, line=record.lineno)
+        ).opt(exception=record.exc_info).log(level, record.getMessage())

@@ -1,0 +1,296 @@
+"""`SessionSupervisor`: the only place sessions live.
+
+Every session is a task in the supervisor's nursery, started with the ``nursery.start``
+handshake: the route gets a `SessionHandle` once ``bot()`` is running and awaits its outcome.
+Each session has its own cancel scope, which expresses all the ways it can be stopped:
+
+* its budget is the scope's deadline;
+* `SessionHandle.stop` (stop-by-id, shutdown, a client that went away) cancels the scope with a
+  reason;
+* a cancellation of the whole nursery reaches it too.
+
+Whatever happens, a session logs ``Starting bot session ...`` once and ``Stopping bot session
+...`` once, and the bot's asyncio task is cancelled within a bound (`bridge.wait_task`). A bot
+that will not stop is abandoned, logged, and makes the process report itself degraded.
+
+The supervisor knows nothing of HTTP; the routes in `app` translate requests into
+`SessionSpec`s and outcomes into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from loguru import logger
+
+from .bridge import SECOND_CANCEL_WINDOW, wait_task
+from .logs import session_context
+
+
+class Outcome(str, enum.Enum):
+    """How a session ended."""
+
+    COMPLETED = "completed"
+    ERROR = "error"
+    BUDGET = "budget"
+    SHUTDOWN = "shutdown"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    STOPPED = "stopped"
+    ABANDONED = "abandoned"
+
+
+class SessionRefused(Exception):
+    """The supervisor did not start the session; `str()` is the reason for the caller."""
+
+
+class Draining(SessionRefused):
+    """The server is shutting down and admits no new session."""
+
+
+class AtCapacity(SessionRefused):
+    """``MAX_SESSIONS`` sessions are already running."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a route asks the supervisor to run.
+
+    Attributes:
+        session_id: The platform's session id (``X-Daily-Session-Id``), or None.
+        args: The object handed to ``bot(args)``.
+        budget: Seconds the bot may run (``X-PCC-Max-Session-Seconds``), or None for no bound.
+    """
+
+    session_id: str | None
+    args: Any
+    budget: float | None = None
+
+
+class SessionHandle:
+    """A running (or finished) session, as seen by the route that started it."""
+
+    def __init__(self, spec: SessionSpec) -> None:
+        self.spec = spec
+        self.outcome: Outcome | None = None
+        self._stop: tuple[str, Outcome] | None = None
+        self._scope = trio.CancelScope()
+        self._ended = trio.Event()
+
+    @property
+    def session_id(self) -> str | None:
+        return self.spec.session_id
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop[0] if self._stop else None
+
+    def stop(self, reason: str, outcome: Outcome = Outcome.STOPPED) -> bool:
+        """Cancel the session with ``reason``; False if it had ended or was already stopping."""
+        if self._ended.is_set() or self._stop is not None:
+            return False
+        self._stop = (reason, outcome)
+        self._scope.cancel()
+        return True
+
+    async def wait(self) -> Outcome:
+        """Wait until the session has ended (its stop line is logged) and return how."""
+        await self._ended.wait()
+        assert self.outcome is not None
+        return self.outcome
+
+
+class SessionSupervisor:
+    """Owns the nursery every session runs in, and the policies around it.
+
+    Args:
+        nursery: Where sessions run; it must outlive serving.
+        loop: The process' trio-asyncio loop (`bridge.open_bridge_loop`).
+        bot: The user's ``async def bot(args)``.
+        image_version: Reported in the start/stop metadata.
+        cancel_grace: ``SESSION_CANCEL_GRACE``: how long a cancelled bot may take to unwind.
+        max_sessions: ``MAX_SESSIONS``, or None for no limit.
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        loop: asyncio.AbstractEventLoop,
+        bot: Callable[[Any], Any],
+        *,
+        image_version: str = "unknown",
+        cancel_grace: float = 5.0,
+        max_sessions: int | None = None,
+    ) -> None:
+        self._nursery = nursery
+        self._loop = loop
+        self._bot = bot
+        self._image_version = image_version
+        self._cancel_grace = cancel_grace
+        self._max_sessions = max_sessions
+        self._sessions: set[SessionHandle] = set()
+        self._abandoned: list[str] = []
+        self._draining = False
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # -- state read by health checks -------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def at_capacity(self) -> bool:
+        return self._max_sessions is not None and len(self._sessions) >= self._max_sessions
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def abandoned_sessions(self) -> list[str]:
+        """Ids of sessions whose bot ignored cancellation and was left running."""
+        return list(self._abandoned)
+
+    # -- starting and stopping -------------------------------------------------------------
+
+    async def start(self, spec: SessionSpec) -> SessionHandle:
+        """Start a session and return its handle once ``bot()`` is running.
+
+        Raises:
+            Draining: the server is shutting down.
+            AtCapacity: ``MAX_SESSIONS`` sessions are running.
+        """
+        if self._draining:
+            raise Draining("the server is shutting down and starts no new sessions")
+        if self.at_capacity:
+            raise AtCapacity(f"{self._max_sessions} sessions already running (MAX_SESSIONS)")
+        handle = SessionHandle(spec)
+        # Registered before the first checkpoint, so concurrent starts see each other and
+        # cannot both take the last slot.
+        self._register(handle)
+        try:
+            started: SessionHandle = await self._nursery.start(self._run, handle)
+        except BaseException:
+            self._unregister(handle)
+            raise
+        return started
+
+    def stop(self, session_id: str, reason: str, outcome: Outcome = Outcome.STOPPED) -> bool:
+        """Stop the running session(s) with ``session_id``; False if none was running."""
+        stopped = [
+            h.stop(reason, outcome) for h in list(self._sessions) if h.session_id == session_id
+        ]
+        return any(stopped)
+
+    def stop_all(self, reason: str, outcome: Outcome) -> int:
+        """Stop every running session; returns how many were asked to stop."""
+        return sum(h.stop(reason, outcome) for h in list(self._sessions))
+
+    async def drain(self, deadline: float) -> None:
+        """Stop admitting, wait until ``deadline`` (Trio time) for sessions, then stop the rest.
+
+        Returns once every session has ended or been abandoned: at most the deadline plus the
+        cancel protocol's bound (``cancel_grace`` + `bridge.SECOND_CANCEL_WINDOW`).
+        """
+        self._draining = True
+        if self._sessions:
+            wait = max(0.0, deadline - trio.current_time())
+            logger.info(f"Draining: waiting up to {wait:g}s for {len(self._sessions)} session(s)")
+        with trio.move_on_at(deadline):
+            await self._idle.wait()
+        if self._sessions:
+            logger.warning(
+                f"Shutdown timeout reached with {len(self._sessions)} session(s) still running; "
+                "cancelling them"
+            )
+            self.stop_all("shutdown", Outcome.SHUTDOWN)
+        await self._idle.wait()
+
+    # -- the session itself ----------------------------------------------------------------
+
+    async def _run(
+        self, handle: SessionHandle, *, task_status: trio.TaskStatus[SessionHandle]
+    ) -> None:
+        spec = handle.spec
+        if spec.budget is not None:
+            handle._scope.deadline = trio.current_time() + spec.budget
+        with session_context(spec.session_id):
+            logger.info(f"Starting bot session with metadata: {self._metadata(spec)}")
+            task: asyncio.Task[Any] | None = None
+            outside_cancel = False
+            try:
+                # Created inside the session context: the task copies it, so the asyncio side
+                # logs with this session's id too.
+                task = self._loop.create_task(self._bot(spec.args))
+                task_status.started(handle)
+                with handle._scope:
+                    await wait_task(task, cancel_grace=self._cancel_grace)
+            except trio.Cancelled:
+                outside_cancel = True  # the whole supervisor is being torn down
+                raise
+            except Exception as exc:  # our own failure to start the task; the server lives on
+                logger.opt(exception=exc).error(f"Exception running bot(): {exc}")
+            finally:
+                handle.outcome = self._conclude(handle, task, outside_cancel)
+                logger.info(f"Stopping bot session with metadata: {self._metadata(spec)}")
+                self._unregister(handle)
+                handle._ended.set()
+
+    def _conclude(
+        self, handle: SessionHandle, task: asyncio.Task[Any] | None, outside_cancel: bool
+    ) -> Outcome:
+        """Log how the session ended and classify it; called exactly once per session."""
+        if task is not None and not task.done():
+            self._abandoned.append(handle.session_id or "<no session id>")
+            logger.error(
+                f"Bot session {handle.session_id} ignored cancellation for "
+                f"{self._cancel_grace + SECOND_CANCEL_WINDOW:g}s; abandoning its task "
+                f"{task.get_name()} (it keeps running). This process is degraded and reports "
+                "so on /readyz."
+            )
+            return Outcome.ABANDONED
+        if task is not None:
+            self._log_bot_result(task)
+        if handle._stop is not None:
+            reason, outcome = handle._stop
+            logger.warning(f"Bot session stopped: {reason}")
+            return outcome
+        if handle._scope.cancelled_caught:
+            logger.warning(
+                f"Bot session stopped: maximum session duration reached ({handle.spec.budget:g}s)"
+            )
+            return Outcome.BUDGET
+        if outside_cancel:
+            return Outcome.SHUTDOWN
+        if task is None or task.cancelled() or task.exception() is not None:
+            return Outcome.ERROR
+        return Outcome.COMPLETED
+
+    @staticmethod
+    def _log_bot_result(task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            logger.debug("bot() ended by CancelledError")
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.opt(exception=exc).error(f"Exception running bot(): {exc}")
+
+    def _metadata(self, spec: SessionSpec) -> str:
+        return json.dumps({"session_id": spec.session_id, "image_version": self._image_version})
+
+    def _register(self, handle: SessionHandle) -> None:
+        if not self._sessions and self._idle.is_set():
+            self._idle = trio.Event()
+        self._sessions.add(handle)
+
+    def _unregister(self, handle: SessionHandle) -> None:
+        self._sessions.discard(handle)
+        if not self._sessions:
+            self._idle.set()

@@ -1,0 +1,155 @@
+"""Serving: the asyncio loop, the session nursery, Hypercorn, signals and the shutdown sequence.
+
+Nesting, outermost first -- each layer outlives what it contains::
+
+    open_bridge_loop()                    the process' asyncio loop (bots run on it)
+      session nursery                     SessionSupervisor: every session
+        control nursery
+          signal watcher                  SIGTERM/SIGINT -> request_shutdown()
+          shutdown sequence               waits for the request, drains, then stops HTTP
+          hypercorn.trio.serve(app)       routes; keeps answering while sessions drain
+
+The shutdown sequence (first SIGTERM or SIGINT):
+
+1. stop admitting: new sessions get 503, ``/readyz`` answers 503 ``draining``;
+2. touch ``<PCC_TOKEN_REFRESHER_DIR>/shutdown`` when that directory exists (the token
+   refresher sidecar stops with us);
+3. wait for running sessions up to ``SHUTDOWN_TIMEOUT`` seconds (Trio's monotonic clock);
+4. cancel the rest with reason ``shutdown``; each gets ``SESSION_CANCEL_GRACE`` seconds to
+   unwind, and a bot that ignores cancellation is abandoned;
+5. stop Hypercorn (the ``/bot`` requests of ended sessions have been answered by then), close
+   the loop, exit 0.
+
+A second signal skips the rest of step 3: sessions are cancelled at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config as HypercornConfig
+from loguru import logger
+
+from .app import create_app
+from .bridge import open_bridge_loop
+from .config import Settings
+from .loader import BotModule
+from .nursery import Outcome, SessionSupervisor
+
+# How long Hypercorn lets open connections finish once sessions are over: their responses are
+# ready by then, so this only bounds slow clients.
+HTTP_GRACEFUL_TIMEOUT = 2.0
+
+
+class Server:
+    """One serving lifetime of the bot module under ``settings``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bot_module: BotModule,
+        *,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        """Args:
+        settings: The parsed settings.
+        bot_module: The loaded bot.
+        on_shutdown: Called once when the shutdown sequence begins (the CLI uses it to
+            absorb the late SIGTERMs a process manager may still send while we drain).
+        """
+        self.settings = settings
+        self.bot_module = bot_module
+        self._on_shutdown = on_shutdown
+        self.supervisor: SessionSupervisor | None = None
+        self._shutdown_requested = trio.Event()
+        self._stop_http = trio.Event()
+        self._forced = False
+
+    def request_shutdown(self) -> None:
+        """Begin the shutdown sequence; a second call cancels running sessions at once."""
+        if not self._shutdown_requested.is_set():
+            self._shutdown_requested.set()
+            if self._on_shutdown is not None:
+                self._on_shutdown()
+        elif not self._forced and self.supervisor is not None:
+            self._forced = True
+            logger.warning("Second shutdown signal: cancelling running sessions now")
+            self.supervisor.stop_all("shutdown", Outcome.SHUTDOWN)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until shut down; ``task_status.started(binds)`` once the socket listens."""
+        settings = self.settings
+        async with open_bridge_loop() as loop, trio.open_nursery() as session_nursery:
+            self.supervisor = SessionSupervisor(
+                session_nursery,
+                loop,
+                self.bot_module.bot,
+                image_version=settings.image_version,
+                cancel_grace=settings.session_cancel_grace,
+                max_sessions=settings.max_sessions,
+            )
+            app = create_app(self.supervisor, user_readyz=self.bot_module.readyz)
+            async with trio.open_nursery() as control:
+                await control.start(self._watch_signals)
+                control.start_soon(self._shutdown_sequence)
+                binds = await control.start(self._serve_http, app)
+                logger.info(f"Serving bot {self.bot_module.name} on {', '.join(binds)}")
+                task_status.started(binds)
+                await self._stop_http.wait()
+                control.cancel_scope.cancel()  # the signal watcher runs until told to stop
+            logger.info("Server stopped")
+
+    async def _serve_http(self, app: object, *, task_status: trio.TaskStatus[list[str]]) -> None:
+        config = hypercorn_config(self.settings)
+        try:
+            await hypercorn.trio.serve(
+                app,  # type: ignore[arg-type]
+                config,
+                shutdown_trigger=self._stop_http.wait,
+                task_status=task_status,
+            )
+        finally:
+            self._stop_http.set()
+
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                logger.info(f"Received {signal.Signals(signum).name}")
+                self.request_shutdown()
+
+    async def _shutdown_sequence(self) -> None:
+        await self._shutdown_requested.wait()
+        assert self.supervisor is not None
+        logger.info("Shutting down: no new sessions")
+        touch_token_refresher(Path(self.settings.token_refresher_dir))
+        await self.supervisor.drain(trio.current_time() + self.settings.shutdown_timeout)
+        self._stop_http.set()
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    """Hypercorn settings: the bind address, our loggers, a short graceful timeout."""
+    config = HypercornConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.accesslog = logging.getLogger("hypercorn.access")
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
+    return config
+
+
+def touch_token_refresher(directory: Path) -> None:
+    """Tell the token-refresher sidecar to stop, when it runs beside us."""
+    if not directory.is_dir():
+        return
+    logger.info("Shutting down token refresher")
+    try:
+        (directory / "shutdown").touch()
+    except OSError as exc:
+        logger.error(f"Error adding token refresher shutdown file: {exc}")

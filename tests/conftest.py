@@ -1,0 +1,67 @@
+"""Shared fixtures: captured log records, and supervisors on a real trio-asyncio loop."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+from loguru import logger
+
+from pipecat_base.bridge import open_bridge_loop
+from pipecat_base.logs import NO_SESSION
+from pipecat_base.nursery import SessionSupervisor
+
+PIPECAT = sys.version_info >= (3, 11)
+needs_pipecat = pytest.mark.skipif(not PIPECAT, reason="pipecat-ai needs Python >= 3.11")
+
+
+@dataclass
+class Logs:
+    """Records logged during a test: ``(level, session_id, message)``."""
+
+    records: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def sink(self, message: Any) -> None:
+        r = message.record
+        text = r["message"]
+        if r["exception"] is not None:
+            text += "\n" + "".join(message.splitlines(keepends=True)[1:])
+        self.records.append((r["level"].name, str(r["extra"].get("session_id")), text))
+
+    def messages(self, level: str | None = None) -> list[str]:
+        return [m for lv, _, m in self.records if level is None or lv == level]
+
+    def having(self, fragment: str) -> list[tuple[str, str, str]]:
+        return [r for r in self.records if fragment in r[2]]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(m for _, _, m in self.records)
+
+
+@pytest.fixture
+def logs() -> Iterator[Logs]:
+    captured = Logs()
+    logger.configure(extra={"session_id": NO_SESSION})
+    sink_id = logger.add(captured.sink, level="TRACE", format="{message}\n{exception}")
+    yield captured
+    logger.remove(sink_id)
+
+
+SupervisorFactory = Callable[..., SessionSupervisor]
+
+
+@pytest.fixture
+async def make_supervisor() -> AsyncIterator[SupervisorFactory]:
+    """Build supervisors whose sessions run in one nursery on one trio-asyncio loop."""
+    async with open_bridge_loop() as loop, trio.open_nursery() as nursery:
+
+        def make(bot: Callable[[Any], Any], **options: Any) -> SessionSupervisor:
+            return SessionSupervisor(nursery, loop, bot, **options)
+
+        yield make
+        nursery.cancel_scope.cancel()
