@@ -67,7 +67,8 @@ class Server:
         self._on_shutdown = on_shutdown
         self.supervisor: SessionSupervisor | None = None
         self._shutdown_requested = trio.Event()
-        self._stop_http = trio.Event()
+        self._stop_http = trio.Event()  # Hypercorn's shutdown trigger
+        self._http_stopped = trio.Event()  # Hypercorn has returned: responses are out
         self._forced = False
 
     def request_shutdown(self) -> None:
@@ -102,7 +103,7 @@ class Server:
                 binds = await control.start(self._serve_http, app)
                 logger.info(f"Serving bot {self.bot_module.name} on {', '.join(binds)}")
                 task_status.started(binds)
-                await self._stop_http.wait()
+                await self._http_stopped.wait()
                 control.cancel_scope.cancel()  # the signal watcher runs until told to stop
             logger.info("Server stopped")
 
@@ -116,7 +117,7 @@ class Server:
                 task_status=task_status,
             )
         finally:
-            self._stop_http.set()
+            self._http_stopped.set()
 
     async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -19,6 +19,15 @@ PIPECAT = sys.version_info >= (3, 11)
 needs_pipecat = pytest.mark.skipif(not PIPECAT, reason="pipecat-ai needs Python >= 3.11")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_types_preloaded() -> None:
+    """Import pipecat/pipecatcloud once, before any test adds a log sink (as the CLI does):
+    importing them reconfigures loguru, which would drop the sinks tests capture with."""
+    from pipecat_base import session_args
+
+    session_args.preload()
+
+
 @dataclass
 class Logs:
     """Records logged during a test: ``(level, session_id, message)``."""

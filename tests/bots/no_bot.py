@@ -1,0 +1,5 @@
+"""A module that forgot to define bot()."""
+
+
+async def main(args):
+    pass

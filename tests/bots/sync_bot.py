@@ -1,0 +1,5 @@
+"""bot() must be async; this one is not."""
+
+
+def bot(args):
+    pass

@@ -1,0 +1,100 @@
+"""A real ``pipecat-base serve`` child process, for what only a process shows.
+
+The server announces readiness with its ``Serving bot ... on http://HOST:PORT`` log line; the
+harness reads the port from it (the server binds port 0), keeps reading stderr in the
+background, and exposes the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+BOTS = Path(__file__).parent / "bots"
+READY = re.compile(rb"Serving bot \S+ on http://[\d.]+:(\d+)")
+
+
+class ServerProcess:
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.stderr = bytearray()
+        self.port: int | None = None
+        self._ready = trio.Event()
+        self._changed = trio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _pump(self) -> None:
+        assert self.process.stderr is not None
+        async for chunk in self.process.stderr:
+            self.stderr.extend(chunk)
+            match = READY.search(self.stderr)
+            if match and not self._ready.is_set():
+                self.port = int(match.group(1))
+                self._ready.set()
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def wait_for_output(self, text: bytes) -> None:
+        while text not in self.stderr:
+            await self._changed.wait()
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    async def wait_exit(self) -> int:
+        return await self.process.wait()
+
+    @property
+    def text(self) -> str:
+        return self.stderr.decode(errors="replace")
+
+
+@asynccontextmanager
+async def server_process(
+    bot: str | Path, *, env: dict[str, str] | None = None, wait_ready: bool = True
+) -> AsyncIterator[ServerProcess]:
+    """Start ``python -m pipecat_base serve BOT`` on a free port of 127.0.0.1."""
+    child_env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": "0",
+        "PIPECAT_LOG_LEVEL": "DEBUG",
+        "PCC_TOKEN_REFRESHER_DIR": "/nonexistent",
+        **(env or {}),
+    }
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "pipecat_base", "serve", str(bot)],
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    server = ServerProcess(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server._pump)
+            if wait_ready:
+                with trio.fail_after(60):
+                    await server.wait_ready()
+            yield server
+            with trio.fail_after(60):
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()

@@ -1,0 +1,146 @@
+"""Process-level behaviour: signals, exit codes, startup failures, with real child processes.
+
+These run on the real clock (a child process has no virtual time); every wait is bounded with
+``trio.fail_after`` and the time assertions are upper bounds with headroom for a loaded CI box.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from .process import BOTS, server_process
+
+pytestmark = pytest.mark.slow
+
+
+async def post_bot(url: str, body: dict, **headers: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=60) as client:
+        return await client.post(f"{url}/bot", json=body, headers=headers)
+
+
+async def test_sigterm_while_idle_exits_0_fast():
+    async with server_process(BOTS / "waiting_bot.py") as server:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{server.url}/livez")).status_code == 200
+        sent = time.monotonic()
+        server.signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            code = await server.wait_exit()
+        elapsed = time.monotonic() - sent
+    assert code == 0
+    assert elapsed < 0.5, f"idle shutdown took {elapsed:.2f}s"
+    assert "Server stopped" in server.text
+
+
+async def test_sigterm_during_session_drains_for_shutdown_timeout_then_cancels(tmp_path: Path):
+    marker = tmp_path / "marker"
+    env = {"SHUTDOWN_TIMEOUT": "1", "SESSION_CANCEL_GRACE": "2"}
+    async with server_process(BOTS / "waiting_bot.py", env=env) as server:
+        responses: list[httpx.Response] = []
+
+        async def call() -> None:
+            responses.append(
+                await post_bot(server.url, {"marker": str(marker)}, **{"X-Daily-Session-Id": "s1"})
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            with trio.fail_after(30):
+                await server.wait_for_output(b"Starting bot session")
+            sent = time.monotonic()
+            server.signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                await server.wait_for_output(b"Bot session stopped: shutdown")
+            stopped_after = time.monotonic() - sent
+            code = await server.wait_exit()
+            exited_after = time.monotonic() - sent
+    assert code == 0
+    assert 0.9 <= stopped_after < 2.0, stopped_after
+    assert exited_after < 3.0, exited_after
+    assert marker.read_text() == "started\ncancelled\n"
+    assert [r.status_code for r in responses] == [200]
+    assert server.text.count("Stopping bot session") == 1
+
+
+async def test_bot_ignoring_cancellation_is_abandoned_and_process_still_exits_0(tmp_path: Path):
+    env = {"SHUTDOWN_TIMEOUT": "0.5", "SESSION_CANCEL_GRACE": "0.5"}
+    async with server_process(BOTS / "stubborn_bot.py", env=env) as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post_bot, server.url, {"marker": str(tmp_path / "m")})
+            with trio.fail_after(30):
+                await server.wait_for_output(b"Starting bot session")
+            sent = time.monotonic()
+            server.signal(signal.SIGTERM)
+            code = await server.wait_exit()
+            elapsed = time.monotonic() - sent
+    assert code == 0
+    # SHUTDOWN_TIMEOUT + SESSION_CANCEL_GRACE + the second-cancel window = 1.5 s.
+    assert 1.4 <= elapsed < 3.5, elapsed
+    assert "ignored cancellation" in server.text
+    assert "Exiting with abandoned sessions still running" in server.text
+
+
+async def test_sigterm_during_slow_bot_import_exits_0_promptly():
+    async with server_process(BOTS / "slow_import_bot.py", wait_ready=False) as server:
+        with trio.fail_after(30):
+            await server.wait_for_output(b"IMPORTING")
+        sent = time.monotonic()
+        server.signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            code = await server.wait_exit()
+        elapsed = time.monotonic() - sent
+    assert code == 0
+    assert elapsed < 1.0, elapsed
+    lines = server.text.splitlines()
+    assert lines[-1] == "SIGTERM received before the server was up; nothing to drain, exiting"
+    assert "Serving bot" not in server.text
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SHUTDOWN_TIMEOUT": "abc"}, "SHUTDOWN_TIMEOUT='abc'"),
+        ({"PORT": "-1"}, "PORT='-1'"),
+        ({"SESSION_CANCEL_GRACE": "nan"}, "SESSION_CANCEL_GRACE='nan'"),
+        ({"MAX_SESSIONS": "0"}, "MAX_SESSIONS='0'"),
+    ],
+)
+async def test_bad_environment_variable_exits_2_with_one_line(env, expected):
+    async with server_process(BOTS / "waiting_bot.py", env=env, wait_ready=False) as server:
+        with trio.fail_after(30):
+            code = await server.wait_exit()
+    assert code == 2
+    lines = server.text.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert expected in lines[0]
+    assert lines[0].startswith("pipecat-base: Invalid environment variable ")
+
+
+@pytest.mark.parametrize(
+    ("bot", "expected"),
+    [
+        ("no_bot.py", "defines no bot() function"),
+        ("sync_bot.py", "bot must be an async function"),
+        ("missing_bot.py", "bot file not found"),
+    ],
+)
+async def test_unusable_bot_module_fails_startup_with_a_clear_message(bot, expected):
+    async with server_process(BOTS / bot, wait_ready=False) as server:
+        with trio.fail_after(30):
+            code = await server.wait_exit()
+    assert code == 1
+    assert expected in server.text
+    assert "Traceback" not in server.text
+
+
+async def test_console_script_runs_the_same_cli():
+    script = Path(sys.executable).parent / "pipecat-base"
+    result = await trio.run_process([str(script), "serve", "--help"], capture_stdout=True)
+    assert b"path to the bot file or a module name" in result.stdout
