@@ -6,6 +6,7 @@ These run on the real clock (a child process has no virtual time); every wait is
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -25,8 +26,11 @@ async def post_bot(url: str, body: dict, **headers: str) -> httpx.Response:
         return await client.post(f"{url}/bot", json=body, headers=headers)
 
 
-async def test_sigterm_while_idle_exits_0_fast():
-    async with server_process(BOTS / "waiting_bot.py") as server:
+async def test_sigterm_while_idle_exits_0_fast_and_signals_the_token_refresher(tmp_path: Path):
+    refresher = tmp_path / "token-refresher"
+    refresher.mkdir()
+    env = {"PCC_TOKEN_REFRESHER_DIR": str(refresher)}
+    async with server_process(BOTS / "waiting_bot.py", env=env) as server:
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"{server.url}/livez")).status_code == 200
         sent = time.monotonic()
@@ -37,6 +41,32 @@ async def test_sigterm_while_idle_exits_0_fast():
     assert code == 0
     assert elapsed < 0.5, f"idle shutdown took {elapsed:.2f}s"
     assert "Server stopped" in server.text
+    assert (refresher / "shutdown").exists()
+    assert "Shutting down token refresher" in server.text
+
+
+CONSOLE_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| INFO     \| "
+    r"pipecat_base\.nursery:_run:\d+ \| fmt-1 - Starting bot session with metadata: "
+    r'\{"session_id": "fmt-1", "image_version": "9\.9\.9"\}$',
+    re.MULTILINE,
+)
+
+
+async def test_console_format_and_probes_kept_out_of_the_access_log(tmp_path: Path):
+    env = {"IMAGE_VERSION": "9.9.9"}
+    async with server_process(BOTS / "waiting_bot.py", env=env) as server:
+        async with httpx.AsyncClient() as client:
+            for path in ("/livez", "/readyz", "/livez"):
+                assert (await client.get(f"{server.url}{path}")).status_code == 200
+        body = {"marker": str(tmp_path / "m"), "seconds": 0}
+        response = await post_bot(server.url, body, **{"X-Daily-Session-Id": "fmt-1"})
+        assert response.status_code == 200
+        server.signal(signal.SIGTERM)
+    assert CONSOLE_LINE.search(server.text), server.text
+    assert '"POST /bot 1.1" 200' in server.text  # the access log is on...
+    assert "/livez" not in server.text  # ...but probes stay out of it
+    assert "/readyz" not in server.text
 
 
 async def test_sigterm_during_session_drains_for_shutdown_timeout_then_cancels(tmp_path: Path):

@@ -193,9 +193,10 @@ async def test_bot_swallowing_cancellation_is_abandoned_and_readyz_degraded(
     autojump_clock, make_supervisor, logs
 ):
     ticks: list[float] = []
+    release = asyncio.Event()
 
     async def stubborn(args: Any) -> None:
-        while True:
+        while not release.is_set():
             try:
                 await asyncio.sleep(1)
                 ticks.append(asyncio.get_running_loop().time())
@@ -223,6 +224,8 @@ async def test_bot_swallowing_cancellation_is_abandoned_and_readyz_degraded(
     assert await (await sup.start(SessionSpec("next", args=None, budget=1))).wait() == (
         Outcome.ABANDONED
     )
+    release.set()  # let the abandoned tasks end, so the test leaves nothing running
+    await trio.sleep(2)
 
 
 async def test_bot_swallowing_one_cancellation_ends_on_the_second(autojump_clock, make_supervisor):
