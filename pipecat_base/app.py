@@ -5,52 +5,88 @@ Routes translate requests into sessions and outcomes into responses; they own no
 
 * ``POST /bot`` -- start a session from headers and a JSON object body; answer ``200 {}`` when
   ``bot()`` has ended (the open request is what keeps the pod busy for the platform).
+* ``WS /ws`` -- accept, then run a session whose bot gets a genuine Starlette ``WebSocket``
+  (`websocket`); the caller hanging up reaches the bot as ``websocket.disconnect``, and a bot
+  that does not end within ``CLIENT_DISCONNECT_GRACE`` is stopped.
 * ``GET /livez`` -- the process serves.
 * ``GET /readyz`` -- see `health`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
+import trio
 from loguru import logger
-from quart import Response, jsonify, request
+from quart import Response, jsonify, request, websocket
 from quart_trio import QuartTrio
 
 from . import inputs
 from .health import readiness
 from .inputs import BadInput
-from .nursery import AtCapacity, Draining, SessionSpec, SessionSupervisor
-from .session_args import http_session_args
+from .logs import session_context
+from .nursery import (
+    Outcome,
+    SessionHandle,
+    SessionRefused,
+    SessionSpec,
+    SessionSupervisor,
+)
+from .session_args import http_session_args, websocket_session_args
+from .websocket import (
+    AsgiWebsocket,
+    DirectWebsocketConnection,
+    StarletteSocket,
+    open_starlette_websocket,
+)
 
 # How long a refused platform should wait before placing the session elsewhere or here again.
 RETRY_AFTER_SECONDS = 1
 
 
+# WebSocket close codes: a bot that returned ends the call normally; a session the server
+# cancelled (budget, shutdown) is "going away"; a refused one may try again later.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
 def create_app(
-    supervisor: SessionSupervisor, *, user_readyz: Callable[[], Any] | None = None
+    supervisor: SessionSupervisor,
+    *,
+    user_readyz: Callable[[], Any] | None = None,
+    client_disconnect_grace: float = 10.0,
 ) -> QuartTrio:
     """Build the app serving ``supervisor``'s sessions.
 
     Args:
         supervisor: Runs the sessions the routes start.
         user_readyz: The bot module's optional ``readyz()``.
+        client_disconnect_grace: After a websocket caller hangs up, how long the bot may take
+            to end on its own before it is stopped with reason ``client disconnected``.
     """
     app = QuartTrio("pipecat_base")
+    app.asgi_websocket_class = DirectWebsocketConnection
+    app.websocket_class = AsgiWebsocket
     budget_notice = _NoBudgetNotice()
 
+    def session_budget(headers: Mapping[str, str]) -> float | None:
+        raw = headers.get(inputs.BUDGET_HEADER)
+        if raw is None:
+            budget_notice.once()
+        return inputs.parse_budget(raw)
+
     @app.post("/bot")
-    async def start_bot() -> Response | tuple[Response, int] | tuple[Response, int, dict[str, str]]:
+    async def start_bot() -> Any:
         headers = request.headers
         session_id = headers.get(inputs.SESSION_ID_HEADER)
         try:
             body = inputs.parse_json_object(await request.get_data())
         except BadInput as exc:
-            return _error(str(exc), 400)
-        budget = inputs.parse_budget(headers.get(inputs.BUDGET_HEADER))
-        if budget is None and headers.get(inputs.BUDGET_HEADER) is None:
-            budget_notice.once()
+            return jsonify({"detail": str(exc)}), 400
+        with session_context(session_id):
+            budget = session_budget(headers)
         transport = headers.get(inputs.TRANSPORT_TYPE_HEADER)
         if transport:
             logger.debug(f"Transport type: {transport}")
@@ -62,10 +98,43 @@ def create_app(
         )
         try:
             handle = await supervisor.start(SessionSpec(session_id, args, budget))
-        except (Draining, AtCapacity) as exc:
-            return _error(str(exc), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        except SessionRefused as exc:
+            return _refused(exc)
         await handle.wait()
         return jsonify({})
+
+    @app.websocket("/ws")
+    async def ws_session() -> Any:
+        ws = cast(AsgiWebsocket, websocket._get_current_object())
+        session_id = ws.headers.get(inputs.SESSION_ID_HEADER)
+        refusal = supervisor.admission_error()
+        if refusal is not None:
+            return _refused(refusal)  # before accepting: an HTTP answer, not a dropped call
+        with session_context(session_id):
+            budget = session_budget(ws.headers)
+            body = inputs.decode_ws_body(ws.args.get("body"))
+        await ws.accept()
+        async with open_starlette_websocket(supervisor.loop, ws) as socket:
+            args = websocket_session_args(session_id, body, socket.websocket)
+            try:
+                handle = await supervisor.start(SessionSpec(session_id, args, budget))
+            except SessionRefused:
+                await socket.close(CLOSE_TRY_AGAIN_LATER)
+                return None
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        _stop_after_disconnect, socket, handle, client_disconnect_grace
+                    )
+                    outcome = await handle.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                # Should this handler be cancelled (the server force-closing connections), the
+                # bot must not outlive its socket.
+                handle.stop("client disconnected", Outcome.CLIENT_DISCONNECTED)
+            ended_by_bot = outcome in (Outcome.COMPLETED, Outcome.ERROR)
+            await socket.close(CLOSE_NORMAL if ended_by_bot else CLOSE_GOING_AWAY)
+        return None
 
     @app.get("/livez")
     async def livez() -> Response:
@@ -79,12 +148,24 @@ def create_app(
     return app
 
 
-def _error(
-    detail: str, status: int, headers: dict[str, str] | None = None
-) -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
-    if headers:
-        return jsonify({"detail": detail}), status, headers
-    return jsonify({"detail": detail}), status
+async def _stop_after_disconnect(
+    socket: StarletteSocket, handle: SessionHandle, grace: float
+) -> None:
+    """After the caller hangs up, give the bot ``grace`` seconds to end by itself.
+
+    pipecat's transport sees the disconnect and fires ``on_client_disconnected``, where bots
+    end their pipeline; post-call work (transcripts, webhooks) runs then. A bot that keeps
+    running is stopped.
+    """
+    await socket.wait_disconnected()
+    with trio.move_on_after(grace):
+        await handle.wait()
+        return
+    handle.stop("client disconnected", Outcome.CLIENT_DISCONNECTED)
+
+
+def _refused(exc: SessionRefused) -> tuple[Response, int, dict[str, str]]:
+    return jsonify({"detail": str(exc)}), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class _NoBudgetNotice:

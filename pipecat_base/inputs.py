@@ -5,6 +5,8 @@ Each parser either returns a value or says, in words a caller can act on, what w
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from typing import Any
@@ -78,3 +80,30 @@ def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
     return "number"
+
+
+def decode_ws_body(raw: str | None) -> Any:
+    """Decode ``/ws``'s ``body`` query parameter: base64 of UTF-8 JSON; absent → None.
+
+    A value that does not decode logs one ERROR naming the step that failed and returns None:
+    the call is already connected, and running it without its body loses less than refusing.
+    Spaces (a ``+`` that went through form decoding), the URL-safe alphabet and missing padding
+    are accepted.
+    """
+    if raw is None:
+        return None
+    step = "base64"
+    try:
+        text = raw.strip().replace(" ", "+")
+        data = base64.b64decode(
+            text + "=" * (-len(text) % 4),
+            altchars=b"-_" if "-" in text or "_" in text else None,
+            validate=True,
+        )
+        step = "UTF-8"
+        decoded = data.decode("utf-8")
+        step = "JSON"
+        return json.loads(decoded)
+    except (binascii.Error, ValueError) as exc:
+        logger.error(f"Failed to decode body parameter ({step} step): {exc}")
+        return None

@@ -142,6 +142,11 @@ class SessionSupervisor:
     # -- state read by health checks -------------------------------------------------------
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio loop bots run on (routes bridge their connections to it)."""
+        return self._loop
+
+    @property
     def draining(self) -> bool:
         return self._draining
 
@@ -167,10 +172,9 @@ class SessionSupervisor:
             Draining: the server is shutting down.
             AtCapacity: ``MAX_SESSIONS`` sessions are running.
         """
-        if self._draining:
-            raise Draining("the server is shutting down and starts no new sessions")
-        if self.at_capacity:
-            raise AtCapacity(f"{self._max_sessions} sessions already running (MAX_SESSIONS)")
+        refusal = self.admission_error()
+        if refusal is not None:
+            raise refusal
         handle = SessionHandle(spec)
         # Registered before the first checkpoint, so concurrent starts see each other and
         # cannot both take the last slot.
@@ -181,6 +185,19 @@ class SessionSupervisor:
             self._unregister(handle)
             raise
         return started
+
+    def admission_error(self) -> SessionRefused | None:
+        """Why `start` would refuse a session right now, or None (for checks before work that
+        is costly to undo, such as accepting a websocket)."""
+        if self._draining:
+            return Draining("the server is shutting down and starts no new sessions")
+        if self.at_capacity:
+            return AtCapacity(f"{self._max_sessions} sessions already running (MAX_SESSIONS)")
+        return None
+
+    async def wait_idle(self) -> None:
+        """Return once no session is running (at once if none is)."""
+        await self._idle.wait()
 
     def stop(self, session_id: str, reason: str, outcome: Outcome = Outcome.STOPPED) -> bool:
         """Stop the running session(s) with ``session_id``; False if none was running."""
@@ -204,14 +221,14 @@ class SessionSupervisor:
             wait = max(0.0, deadline - trio.current_time())
             logger.info(f"Draining: waiting up to {wait:g}s for {len(self._sessions)} session(s)")
         with trio.move_on_at(deadline):
-            await self._idle.wait()
+            await self.wait_idle()
         if self._sessions:
             logger.warning(
                 f"Shutdown timeout reached with {len(self._sessions)} session(s) still running; "
                 "cancelling them"
             )
             self.stop_all("shutdown", Outcome.SHUTDOWN)
-        await self._idle.wait()
+        await self.wait_idle()
 
     # -- the session itself ----------------------------------------------------------------
 

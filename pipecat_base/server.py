@@ -96,7 +96,11 @@ class Server:
                 cancel_grace=settings.session_cancel_grace,
                 max_sessions=settings.max_sessions,
             )
-            app = create_app(self.supervisor, user_readyz=self.bot_module.readyz)
+            app = create_app(
+                self.supervisor,
+                user_readyz=self.bot_module.readyz,
+                client_disconnect_grace=settings.client_disconnect_grace,
+            )
             async with trio.open_nursery() as control:
                 await control.start(self._watch_signals)
                 control.start_soon(self._shutdown_sequence)

@@ -74,3 +74,39 @@ async def make_supervisor() -> AsyncIterator[SupervisorFactory]:
 
         yield make
         nursery.cancel_scope.cancel()
+
+
+@dataclass
+class Served:
+    """An in-process server on a real socket of 127.0.0.1."""
+
+    server: Any
+    url: str
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
+
+@pytest.fixture
+def serve_bot():
+    """``async with serve_bot("tests/bots/x.py", SETTING="v") as served:`` -- the whole server
+    (loop, supervisor, Hypercorn) in this process; shut down when the block ends."""
+    from contextlib import asynccontextmanager
+
+    from pipecat_base.config import load_settings
+    from pipecat_base.loader import load_bot
+    from pipecat_base.server import Server
+
+    @asynccontextmanager
+    async def serve(bot: str, **env: str) -> AsyncIterator[Served]:
+        settings = load_settings(
+            {"HOST": "127.0.0.1", "PORT": "0", "PCC_TOKEN_REFRESHER_DIR": "/nonexistent", **env}
+        )
+        server = Server(settings, load_bot(bot))
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(server.run)
+            yield Served(server, binds[0])
+            server.request_shutdown()
+
+    return serve
