@@ -61,6 +61,7 @@ def adapt_loop(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(log_loop_exception)
     original_run_in_executor = loop.run_in_executor
     ignored_signals: set[int] = set()
+    announced = False
 
     def run_in_executor(
         self: asyncio.AbstractEventLoop,
@@ -75,7 +76,9 @@ def adapt_loop(loop: asyncio.AbstractEventLoop) -> None:
     def add_signal_handler(
         self: asyncio.AbstractEventLoop, sig: int, callback: Callable[..., Any], *args: Any
     ) -> None:
-        if not ignored_signals:
+        nonlocal announced
+        if not announced:
+            announced = True
             logger.info(
                 "The server owns process signals; ignoring the bot's asyncio signal handler "
                 f"for signal {int(sig)} (shutdown reaches bots as cancellation)"
