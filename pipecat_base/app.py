@@ -121,6 +121,7 @@ def create_app(
             except SessionRefused:
                 await socket.close(CLOSE_TRY_AGAIN_LATER)
                 return None
+            socket.hold_close = lambda: handle.stopping
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(

@@ -87,6 +87,11 @@ class SessionHandle:
         return self.spec.session_id
 
     @property
+    def stopping(self) -> bool:
+        """The server has begun stopping this session (budget, shutdown, stop-by-id)."""
+        return self._scope.cancel_called
+
+    @property
     def stop_reason(self) -> str | None:
         return self._stop[0] if self._stop else None
 

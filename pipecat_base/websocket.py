@@ -18,7 +18,7 @@ behave exactly as under uvicorn, which pipecat's ``FastAPIWebsocketTransport``,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -65,7 +65,11 @@ class StarletteSocket:
     def __init__(self, quart_ws: AsgiWebsocket, bridge: AsgiBridge) -> None:
         self._quart_ws = quart_ws
         self._bridge = bridge
-        self.closed_by_app = False
+        self._close_sent = False
+        self.hold_close: Callable[[], bool] = lambda: False
+        """While this returns True, a close from the bot is held back, not sent: when the
+        server is stopping a session, pipecat closes the socket (1000) as it unwinds, and the
+        caller should instead learn the server went away (1001) once the bot has unwound."""
         self.websocket = WebSocket(dict(quart_ws.scope), bridge.receive, bridge.send)
         # The route accepted on the trio side before the bot runs (as the existing image and
         # pipecat's dev runner do), so both directions start connected.
@@ -88,7 +92,9 @@ class StarletteSocket:
         if kind == "websocket.send":
             await self._quart_ws.asgi_send(message)  # type: ignore[arg-type]
         elif kind == "websocket.close":
-            self.closed_by_app = True
+            if self.hold_close() or self._close_sent:
+                return
+            self._close_sent = True
             await self._quart_ws.close(message.get("code", 1000), message.get("reason") or "")
         elif kind == "websocket.accept":
             pass  # already accepted by the route
@@ -97,8 +103,8 @@ class StarletteSocket:
 
     async def close(self, code: int) -> None:
         """Close from the server side unless the bot or the client already ended it."""
-        if not (self.closed_by_app or self.disconnected):
-            self.closed_by_app = True
+        if not (self._close_sent or self.disconnected):
+            self._close_sent = True
             await self._quart_ws.close(code)
 
 
