@@ -31,6 +31,7 @@ from loguru import logger
 
 from .bridge import SECOND_CANCEL_WINDOW, wait_task
 from .logs import session_context
+from .session_tasks import SessionTasks, install_task_factory, reap
 
 
 class Outcome(str, enum.Enum):
@@ -143,6 +144,8 @@ class SessionSupervisor:
         self._draining = False
         self._idle = trio.Event()
         self._idle.set()
+        self.leaked_tasks_reaped = 0
+        install_task_factory(loop)
 
     # -- state read by health checks -------------------------------------------------------
 
@@ -246,11 +249,14 @@ class SessionSupervisor:
         with session_context(spec.session_id):
             logger.info(f"Starting bot session with metadata: {self._metadata(spec)}")
             task: asyncio.Task[Any] | None = None
+            tasks = SessionTasks(spec.session_id)
             outside_cancel = False
             try:
-                # Created inside the session context: the task copies it, so the asyncio side
-                # logs with this session's id too.
-                task = self._loop.create_task(self._bot(spec.args))
+                # Created inside the session's log context and task ownership: the task copies
+                # both, so the asyncio side logs with this session's id and every task it
+                # creates is known to belong to this session.
+                with tasks.owning():
+                    task = self._loop.create_task(self._bot(spec.args))
                 task_status.started(handle)
                 with handle._scope:
                     await wait_task(task, cancel_grace=self._cancel_grace)
@@ -261,6 +267,8 @@ class SessionSupervisor:
                 logger.opt(exception=exc).error(f"Exception running bot(): {exc}")
             finally:
                 handle.outcome = self._conclude(handle, task, outside_cancel)
+                with trio.CancelScope(shield=True):
+                    await self._reap_leftovers(tasks, task)
                 logger.info(f"Stopping bot session with metadata: {self._metadata(spec)}")
                 self._unregister(handle)
                 handle._ended.set()
@@ -294,6 +302,25 @@ class SessionSupervisor:
         if task is None or task.cancelled() or task.exception() is not None:
             return Outcome.ERROR
         return Outcome.COMPLETED
+
+    async def _reap_leftovers(
+        self, tasks: SessionTasks, bot_task: asyncio.Task[Any] | None
+    ) -> None:
+        """Cancel what the session left running; bounded by the cancel grace."""
+        leftovers = tasks.pending(exclude=bot_task)
+        if not leftovers:
+            return
+        reaped = await reap(leftovers, grace=self._cancel_grace)
+        self.leaked_tasks_reaped += len(leftovers)
+        parts = []
+        if reaped.cancelled:
+            parts.append(f"cancelled {', '.join(reaped.cancelled)}")
+        if reaped.abandoned:
+            parts.append(
+                f"abandoned {', '.join(reaped.abandoned)} (still running after "
+                f"{self._cancel_grace:g}s: they ignored cancellation)"
+            )
+        logger.warning(f"Session left {len(leftovers)} asyncio task(s) running: {'; '.join(parts)}")
 
     @staticmethod
     def _log_bot_result(task: asyncio.Task[Any]) -> None:
