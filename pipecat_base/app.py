@@ -34,6 +34,7 @@ from .nursery import (
     SessionSupervisor,
 )
 from .session_args import http_session_args, websocket_session_args
+from .watchdog import StallStats
 from .websocket import (
     AsgiWebsocket,
     DirectWebsocketConnection,
@@ -57,6 +58,7 @@ def create_app(
     *,
     user_readyz: Callable[[], Any] | None = None,
     client_disconnect_grace: float = 10.0,
+    stall_stats: Callable[[], StallStats] | None = None,
 ) -> QuartTrio:
     """Build the app serving ``supervisor``'s sessions.
 
@@ -65,6 +67,7 @@ def create_app(
         user_readyz: The bot module's optional ``readyz()``.
         client_disconnect_grace: After a websocket caller hangs up, how long the bot may take
             to end on its own before it is stopped with reason ``client disconnected``.
+        stall_stats: The loop-stall watchdog's counts, for ``/readyz``.
     """
     app = QuartTrio("pipecat_base")
     app.asgi_websocket_class = DirectWebsocketConnection
@@ -143,7 +146,8 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> tuple[Response, int]:
-        body, status = await readiness(supervisor, user_readyz)
+        stalls = stall_stats() if stall_stats else None
+        body, status = await readiness(supervisor, user_readyz, stalls)
         return jsonify(body), status
 
     return app

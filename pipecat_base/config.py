@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(7200.0, ge=0, validation_alias="SHUTDOWN_TIMEOUT")
     session_cancel_grace: float = Field(5.0, ge=0, validation_alias="SESSION_CANCEL_GRACE")
     client_disconnect_grace: float = Field(10.0, ge=0, validation_alias="CLIENT_DISCONNECT_GRACE")
+    loop_stall_warning: float = Field(0.5, gt=0, validation_alias="LOOP_STALL_WARNING")
     max_sessions: int | None = Field(None, ge=1, validation_alias="MAX_SESSIONS")
     log_level: str = Field("DEBUG", validation_alias="PIPECAT_LOG_LEVEL")
     image_version: str = Field("unknown", validation_alias="IMAGE_VERSION")
@@ -42,7 +43,12 @@ class Settings(BaseSettings):
         "/var/run/token-refresher", validation_alias="PCC_TOKEN_REFRESHER_DIR"
     )
 
-    @field_validator("shutdown_timeout", "session_cancel_grace", "client_disconnect_grace")
+    @field_validator(
+        "shutdown_timeout",
+        "session_cancel_grace",
+        "client_disconnect_grace",
+        "loop_stall_warning",
+    )
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):

@@ -7,6 +7,10 @@ Order of precedence (first match answers):
 3. ``MAX_SESSIONS`` reached → 503 ``{"status": "at capacity"}``
 4. the bot's ``readyz()`` (sync, or async run on the asyncio loop), mapped as the existing
    image maps it; without one, 200 ``{"status": "ok"}``.
+
+Once the watchdog has seen the event loop blocked, the server's own answers (not a dict the
+bot's ``readyz()`` returned, which is answered verbatim) also carry ``loop_stalls`` and
+``longest_loop_stall_seconds``.
 """
 
 from __future__ import annotations
@@ -19,20 +23,39 @@ import trio_asyncio
 from loguru import logger
 
 from .nursery import SessionSupervisor
+from .watchdog import StallStats
 
 Answer = tuple[dict[str, Any], int]
 
 
-async def readiness(supervisor: SessionSupervisor, user_readyz: Callable[[], Any] | None) -> Answer:
+async def readiness(
+    supervisor: SessionSupervisor,
+    user_readyz: Callable[[], Any] | None,
+    stalls: StallStats | None = None,
+) -> Answer:
     """The body and status code ``/readyz`` answers with."""
+    body, status, ours = await _readiness(supervisor, user_readyz)
+    if ours and stalls is not None and stalls.count:
+        body = {
+            **body,
+            "loop_stalls": stalls.count,
+            "longest_loop_stall_seconds": round(stalls.longest, 3),
+        }
+    return body, status
+
+
+async def _readiness(
+    supervisor: SessionSupervisor, user_readyz: Callable[[], Any] | None
+) -> tuple[dict[str, Any], int, bool]:
     if supervisor.draining:
-        return {"status": "draining"}, 503
+        return {"status": "draining"}, 503, True
     if supervisor.abandoned_sessions:
-        return {"status": "degraded", "abandoned_sessions": supervisor.abandoned_sessions}, 503
+        body = {"status": "degraded", "abandoned_sessions": supervisor.abandoned_sessions}
+        return body, 503, True
     if supervisor.at_capacity:
-        return {"status": "at capacity"}, 503
+        return {"status": "at capacity"}, 503, True
     if user_readyz is None:
-        return {"status": "ok"}, 200
+        return {"status": "ok"}, 200, True
     try:
         if inspect.iscoroutinefunction(user_readyz):
             # Async readyz is asyncio code (it may touch the bot's asyncio clients).
@@ -41,16 +64,16 @@ async def readiness(supervisor: SessionSupervisor, user_readyz: Callable[[], Any
             result = user_readyz()
     except Exception as exc:
         logger.warning(f"Health check function raised exception: {exc}")
-        return {"ready": False, "error": str(exc)}, 503
+        return {"ready": False, "error": str(exc)}, 503, True
     return _map_result(result)
 
 
-def _map_result(result: Any) -> Answer:
+def _map_result(result: Any) -> tuple[dict[str, Any], int, bool]:
     if result is True:
-        return {"status": "ok"}, 200
+        return {"status": "ok"}, 200, True
     if result is False:
-        return {"status": "not ready"}, 503
+        return {"status": "not ready"}, 503, True
     if isinstance(result, dict):
-        return result, 200 if result.get("ready") else 503
+        return result, 200 if result.get("ready") else 503, False
     logger.warning(f"readyz() returned unexpected type: {type(result)}")
-    return {"status": "error", "error": "invalid readyz return type"}, 503
+    return {"status": "error", "error": "invalid readyz return type"}, 503, True

@@ -145,6 +145,7 @@ class SessionSupervisor:
         self._idle = trio.Event()
         self._idle.set()
         self.leaked_tasks_reaped = 0
+        self._last_start: tuple[float, str | None] | None = None
         install_task_factory(loop)
 
     # -- state read by health checks -------------------------------------------------------
@@ -203,6 +204,13 @@ class SessionSupervisor:
             return AtCapacity(f"{self._max_sessions} sessions already running (MAX_SESSIONS)")
         return None
 
+    def recent_session(self, window: float) -> str | None:
+        """The id of a session started less than ``window`` seconds ago, if one is running."""
+        if self._last_start is None or not self._sessions:
+            return None
+        started_at, session_id = self._last_start
+        return session_id if trio.current_time() - started_at < window else None
+
     async def wait_idle(self) -> None:
         """Return once no session is running (at once if none is)."""
         await self._idle.wait()
@@ -246,6 +254,7 @@ class SessionSupervisor:
         spec = handle.spec
         if spec.budget is not None:
             handle._scope.deadline = trio.current_time() + spec.budget
+        self._last_start = (trio.current_time(), spec.session_id)
         with session_context(spec.session_id):
             logger.info(f"Starting bot session with metadata: {self._metadata(spec)}")
             task: asyncio.Task[Any] | None = None

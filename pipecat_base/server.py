@@ -36,10 +36,11 @@ from hypercorn.config import Config as HypercornConfig
 from loguru import logger
 
 from .app import create_app
-from .bridge import open_bridge_loop
+from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
 from .config import Settings
 from .loader import BotModule
 from .nursery import Outcome, SessionSupervisor
+from .watchdog import LoopWatchdog
 
 # How long Hypercorn lets open connections finish once sessions are over: their responses are
 # ready by then, so this only bounds slow clients.
@@ -66,6 +67,7 @@ class Server:
         self.bot_module = bot_module
         self._on_shutdown = on_shutdown
         self.supervisor: SessionSupervisor | None = None
+        self.watchdog: LoopWatchdog | None = None
         self._shutdown_requested = trio.Event()
         self._stop_http = trio.Event()  # Hypercorn's shutdown trigger
         self._http_stopped = trio.Event()  # Hypercorn has returned: responses are out
@@ -77,6 +79,13 @@ class Server:
             self._shutdown_requested.set()
             if self._on_shutdown is not None:
                 self._on_shutdown()
+            if self.watchdog is not None:
+                # The process must be gone by the drain, the cancel protocol and a margin, even
+                # if a bot blocks the event loop and no deadline of ours can fire.
+                s = self.settings
+                self.watchdog.arm_exit(
+                    s.shutdown_timeout + s.session_cancel_grace + SECOND_CANCEL_WINDOW
+                )
         elif not self._forced and self.supervisor is not None:
             self._forced = True
             logger.warning("Second shutdown signal: cancelling running sessions now")
@@ -96,12 +105,19 @@ class Server:
                 cancel_grace=settings.session_cancel_grace,
                 max_sessions=settings.max_sessions,
             )
+            self.watchdog = LoopWatchdog(
+                loop,
+                stall_warning=settings.loop_stall_warning,
+                recent_session=self.supervisor.recent_session,
+            )
             app = create_app(
                 self.supervisor,
                 user_readyz=self.bot_module.readyz,
                 client_disconnect_grace=settings.client_disconnect_grace,
+                stall_stats=lambda: self.watchdog.stats,  # type: ignore[union-attr]
             )
             async with trio.open_nursery() as control:
+                await control.start(self.watchdog.heartbeat)
                 await control.start(self._watch_signals)
                 control.start_soon(self._shutdown_sequence)
                 binds = await control.start(self._serve_http, app)

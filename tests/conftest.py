@@ -33,9 +33,11 @@ class Logs:
     """Records logged during a test: ``(level, session_id, message)``."""
 
     records: list[tuple[str, str, str]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # wall-clock timestamps of the records
 
     def sink(self, message: Any) -> None:
         r = message.record
+        self.times.append(r["time"].timestamp())
         text = r["message"]
         if r["exception"] is not None:
             text += "\n" + "".join(message.splitlines(keepends=True)[1:])
@@ -46,6 +48,9 @@ class Logs:
 
     def having(self, fragment: str) -> list[tuple[str, str, str]]:
         return [r for r in self.records if fragment in r[2]]
+
+    def time_of(self, fragment: str) -> float:
+        return next(t for t, r in zip(self.times, self.records, strict=True) if fragment in r[2])
 
     @property
     def text(self) -> str:
