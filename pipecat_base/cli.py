@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 EXIT_CONFIG = 2
@@ -68,10 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     trio.run(server.run)
     guard.absorb()
     assert server.supervisor is not None
-    if server.supervisor.abandoned_sessions:
-        # A bot that ignored cancellation may hold non-daemon threads or atexit work that would
-        # keep the process alive past the container's grace period: leave now.
-        logger.warning("Exiting with abandoned sessions still running")
+    lingering = [
+        t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()
+    ]
+    if server.supervisor.abandoned_sessions or lingering:
+        # A bot that ignored cancellation, or threads a bot started and never ended, would keep
+        # the interpreter from exiting (it joins non-daemon threads) past the container's grace
+        # period: leave now, logs flushed.
+        reason = (
+            "abandoned sessions still running"
+            if server.supervisor.abandoned_sessions
+            else (f"threads still running: {', '.join(lingering)}")
+        )
+        logger.warning(f"Exiting with {reason}")
         logger.complete()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -126,6 +126,8 @@ class Server:
                 await self._http_stopped.wait()
                 control.cancel_scope.cancel()  # the signal watcher runs until told to stop
             logger.info("Server stopped")
+        # Shutdown finished within its bound: the exit guard has nothing left to guard.
+        self.watchdog.close()
 
     async def _serve_http(self, app: object, *, task_status: trio.TaskStatus[list[str]]) -> None:
         config = hypercorn_config(self.settings)

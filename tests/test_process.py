@@ -117,6 +117,19 @@ async def test_bot_ignoring_cancellation_is_abandoned_and_process_still_exits_0(
     assert "Exiting with abandoned sessions still running" in server.text
 
 
+async def test_threads_a_bot_left_running_do_not_hold_the_exit():
+    async with server_process(BOTS / "thread_bot.py") as server:
+        assert (await post_bot(server.url, {})).status_code == 200
+        sent = time.monotonic()
+        server.signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            code = await server.wait_exit()
+        elapsed = time.monotonic() - sent
+    assert code == 0
+    assert elapsed < 1.0, elapsed
+    assert "Exiting with threads still running: forgotten-worker" in server.text
+
+
 async def test_sigterm_during_slow_bot_import_exits_0_promptly():
     async with server_process(BOTS / "slow_import_bot.py", wait_ready=False) as server:
         with trio.fail_after(30):
