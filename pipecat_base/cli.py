@@ -2,7 +2,8 @@
 
 Startup runs in this order, each step visible here:
 
-1. install the early SIGTERM guard (a SIGTERM from here on exits 0 at once);
+1. install the early SIGTERM guard (a SIGTERM from here on exits 0 at once), and put the
+   agent's environment (``PIPECAT_BOT_VENV``) first on ``sys.path`` (see `bot_env`);
 2. parse every setting (a bad value: one line on stderr, exit 2);
 3. import the bot module (no ``bot``: one line, exit 1; the module raising: its traceback, exit 1);
 4. import the session argument types (pipecat, pipecatcloud), then configure logging: both
@@ -27,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .early_sigterm import EarlySigtermGuard
 
     guard = EarlySigtermGuard.install()
+
+    # Before anything that the agent's environment may also provide is imported (see bot_env).
+    from . import bot_env
+
+    bot_paths = bot_env.activate(os.environ.get(bot_env.ENV_VAR))
 
     parser = argparse.ArgumentParser(prog="pipecat-base", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     types_from = session_args.preload()
     configure_logging(settings.log_level)
+    if bot_paths:
+        logger.info(f"Agent environment first on sys.path: {', '.join(bot_paths)}")
+    for problem in bot_env.check_shared_versions():
+        logger.warning(f"Shared package version: {problem}")
     logger.info(f"Session arguments from {types_from}")
     server = Server(settings, bot_module, on_shutdown=guard.absorb)
     trio.run(server.run)

@@ -65,9 +65,14 @@ class ServerProcess:
 
 @asynccontextmanager
 async def server_process(
-    bot: str | Path, *, env: dict[str, str] | None = None, wait_ready: bool = True
+    bot: str | Path | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    argv: list[str] | None = None,
+    cwd: Path | None = None,
 ) -> AsyncIterator[ServerProcess]:
-    """Start ``python -m pipecat_base serve BOT`` on a free port of 127.0.0.1."""
+    """Start ``python -m pipecat_base serve BOT`` (or ``argv``) on a free port of 127.0.0.1."""
     child_env = {
         **os.environ,
         "HOST": "127.0.0.1",
@@ -77,8 +82,9 @@ async def server_process(
         **(env or {}),
     }
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "pipecat_base", "serve", str(bot)],
+        argv or [sys.executable, "-m", "pipecat_base", "serve", str(bot)],
         env=child_env,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
