@@ -22,7 +22,8 @@ from loguru import logger
 from quart import Response, jsonify, request, websocket
 from quart_trio import QuartTrio
 
-from . import inputs
+from . import flows, inputs
+from .config import Settings, load_settings
 from .health import readiness
 from .inputs import BadInput
 from .logs import session_context
@@ -50,25 +51,27 @@ RETRY_AFTER_SECONDS = 1
 # cancelled (budget, shutdown) is "going away"; a refused one may try again later.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
 def create_app(
     supervisor: SessionSupervisor,
     *,
+    settings: Settings | None = None,
     user_readyz: Callable[[], Any] | None = None,
-    client_disconnect_grace: float = 10.0,
     stall_stats: Callable[[], StallStats] | None = None,
 ) -> QuartTrio:
     """Build the app serving ``supervisor``'s sessions.
 
     Args:
         supervisor: Runs the sessions the routes start.
+        settings: The server's settings (defaults when omitted); the routes use
+            ``client_disconnect_grace`` and ``session_files_dir``.
         user_readyz: The bot module's optional ``readyz()``.
-        client_disconnect_grace: After a websocket caller hangs up, how long the bot may take
-            to end on its own before it is stopped with reason ``client disconnected``.
         stall_stats: The loop-stall watchdog's counts, for ``/readyz``.
     """
+    settings = settings or load_settings({})
     app = QuartTrio("pipecat_base")
     app.asgi_websocket_class = DirectWebsocketConnection
     app.websocket_class = AsgiWebsocket
@@ -86,6 +89,7 @@ def create_app(
         session_id = headers.get(inputs.SESSION_ID_HEADER)
         try:
             body = inputs.parse_json_object(await request.get_data())
+            body, flow_config = flows.split_envelope(headers.get(flows.ENVELOPE_HEADER), body)
         except BadInput as exc:
             return jsonify({"detail": str(exc)}), 400
         with session_context(session_id):
@@ -99,6 +103,7 @@ def create_app(
             room_url=headers.get(inputs.ROOM_URL_HEADER),
             token=headers.get(inputs.ROOM_TOKEN_HEADER),
         )
+        args.flow_config = flow_config
         try:
             handle = await supervisor.start(SessionSpec(session_id, args, budget))
         except SessionRefused as exc:
@@ -113,12 +118,27 @@ def create_app(
         refusal = supervisor.admission_error()
         if refusal is not None:
             return _refused(refusal)  # before accepting: an HTTP answer, not a dropped call
+        flow_file = ws.headers.get(flows.FLOW_FILE_HEADER)
+        flow_config = None
         with session_context(session_id):
+            if flow_file is not None:
+                try:
+                    flow_config = await trio.to_thread.run_sync(
+                        flows.read_flow_file, settings.session_files_dir, flow_file
+                    )
+                except flows.FlowFileError as exc:
+                    logger.error(
+                        f"Refusing websocket session {session_id}: {flows.FLOW_FILE_HEADER} "
+                        f"names a file this app cannot use: {exc}"
+                    )
+                    await ws.close(CLOSE_INTERNAL_ERROR)  # before accepting: HTTP 403
+                    return None
             budget = session_budget(ws.headers)
             body = inputs.decode_ws_body(ws.args.get("body"))
         await ws.accept()
         async with open_starlette_websocket(supervisor.loop, ws) as socket:
             args = websocket_session_args(session_id, body, socket.websocket)
+            args.flow_config = flow_config
             try:
                 handle = await supervisor.start(SessionSpec(session_id, args, budget))
             except SessionRefused:
@@ -128,7 +148,7 @@ def create_app(
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(
-                        _stop_after_disconnect, socket, handle, client_disconnect_grace
+                        _stop_after_disconnect, socket, handle, settings.client_disconnect_grace
                     )
                     outcome = await handle.wait()
                     nursery.cancel_scope.cancel()

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     max_sessions: int | None = Field(None, ge=1, validation_alias="MAX_SESSIONS")
     log_level: str = Field("DEBUG", validation_alias="PIPECAT_LOG_LEVEL")
     image_version: str = Field("unknown", validation_alias="IMAGE_VERSION")
+    session_files_dir: str | None = Field(None, validation_alias="PCC_SESSION_FILES_DIR")
     token_refresher_dir: str = Field(
         "/var/run/token-refresher", validation_alias="PCC_TOKEN_REFRESHER_DIR"
     )

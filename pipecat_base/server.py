@@ -112,8 +112,8 @@ class Server:
             )
             app = create_app(
                 self.supervisor,
+                settings=settings,
                 user_readyz=self.bot_module.readyz,
-                client_disconnect_grace=settings.client_disconnect_grace,
                 stall_stats=lambda: self.watchdog.stats,  # type: ignore[union-attr]
             )
             async with trio.open_nursery() as control:
