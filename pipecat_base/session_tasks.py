@@ -61,10 +61,9 @@ class SessionTasks:
 
 
 def owner_of(task: asyncio.Task[Any]) -> SessionTasks | None:
-    """The session a task belongs to, read from the context it runs in."""
-    get_context = getattr(task, "get_context", None)  # Python 3.12+
-    context = get_context() if get_context else getattr(task, "_context", None)
-    return context.get(_OWNER) if context is not None else None
+    """The session a task belongs to (None: created outside any session)."""
+    owners = getattr(task.get_loop(), "_pipecat_base_task_owners", None)
+    return owners.get(task) if owners is not None else None
 
 
 def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
@@ -72,9 +71,11 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
 
     Idempotent: a loop that already has it is left alone.
     """
-    if getattr(loop, "_pipecat_base_task_factory", False):
+    if hasattr(loop, "_pipecat_base_task_owners"):
         return
-    loop._pipecat_base_task_factory = True  # type: ignore[attr-defined]
+    # Task -> session, per loop and weak: a task's context is not readable on Python < 3.12.
+    owners: weakref.WeakKeyDictionary[asyncio.Task[Any], SessionTasks] = weakref.WeakKeyDictionary()
+    loop._pipecat_base_task_owners = owners  # type: ignore[attr-defined]
     user_factory: TaskFactory | None = loop.get_task_factory()
     original_set = loop.set_task_factory
 
@@ -87,6 +88,7 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
         owner = context.get(_OWNER) if context is not None else _OWNER.get()
         if owner is not None:
             owner.add(task)
+            owners[task] = owner
         return task
 
     def set_task_factory(self: asyncio.AbstractEventLoop, new: TaskFactory | None) -> None:

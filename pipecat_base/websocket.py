@@ -6,7 +6,8 @@ and cancels the handler the instant the client disconnects -- so pipecat never s
 ``websocket.disconnect`` and ``on_client_disconnected`` never runs. `DirectWebsocketConnection`
 fixes this at the connection: it runs the route without a pump and without the cancel, and
 hands the route the raw ASGI ``receive``/``send`` (`AsgiWebsocket.asgi_receive`/``asgi_send``).
-Routes served by it read frames from that channel; Quart's ``websocket.receive()`` is closed.
+Routes served by it read frames from that channel only: nothing feeds Quart's own
+``websocket.receive()`` (quart-trio 0.12's channel and quart 0.23's buffer alike).
 
 `open_starlette_websocket` then gives the bot a genuine ``starlette.websockets.WebSocket`` on
 the asyncio side whose ASGI ``receive``/``send`` cross `asgi_bridge`: Starlette's own state
@@ -20,9 +21,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, WebsocketScope
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.asgi import ASGIWebsocketConnection
 from quart_trio.asgi import TrioASGIWebsocketConnection
 from quart_trio.wrappers import TrioWebsocket
@@ -40,11 +40,6 @@ class AsgiWebsocket(TrioWebsocket):
 
 class DirectWebsocketConnection(TrioASGIWebsocketConnection):
     """A Quart-Trio websocket connection that does not pump, rewrite or cancel (see module)."""
-
-    def __init__(self, app: Any, scope: WebsocketScope) -> None:
-        super().__init__(app, scope)
-        # Nothing feeds Quart's channel: reading it must fail at once rather than hang.
-        self.send_channel.close()
 
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         # The ASGI server opens with `websocket.connect` (Quart's pump used to swallow it);
