@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_sessions: int | None = Field(None, ge=1, validation_alias="MAX_SESSIONS")
     log_level: str = Field("DEBUG", validation_alias="PIPECAT_LOG_LEVEL")
     image_version: str = Field("unknown", validation_alias="IMAGE_VERSION")
+    # Parsed leniently by memory.parse_switch (a bad value logs an ERROR and stays on, as in the
+    # existing image), so it is kept as text here.
+    release_session_memory: str | None = Field(None, validation_alias="PCC_RELEASE_SESSION_MEMORY")
     session_files_dir: str | None = Field(None, validation_alias="PCC_SESSION_FILES_DIR")
     token_refresher_dir: str = Field(
         "/var/run/token-refresher", validation_alias="PCC_TOKEN_REFRESHER_DIR"

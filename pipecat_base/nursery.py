@@ -31,6 +31,7 @@ from loguru import logger
 
 from .bridge import SECOND_CANCEL_WINDOW, wait_task
 from .logs import session_context
+from .memory import release_memory
 from .session_tasks import SessionTasks, install_task_factory, reap
 
 
@@ -121,6 +122,8 @@ class SessionSupervisor:
         image_version: Reported in the start/stop metadata.
         cancel_grace: ``SESSION_CANCEL_GRACE``: how long a cancelled bot may take to unwind.
         max_sessions: ``MAX_SESSIONS``, or None for no limit.
+        release_session_memory: ``PCC_RELEASE_SESSION_MEMORY``: collect and trim memory after
+            a session when no other session is running (`memory`).
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class SessionSupervisor:
         image_version: str = "unknown",
         cancel_grace: float = 5.0,
         max_sessions: int | None = None,
+        release_session_memory: bool = True,
     ) -> None:
         self._nursery = nursery
         self._loop = loop
@@ -139,6 +143,7 @@ class SessionSupervisor:
         self._image_version = image_version
         self._cancel_grace = cancel_grace
         self._max_sessions = max_sessions
+        self._release_memory = release_session_memory
         self._sessions: set[SessionHandle] = set()
         self._abandoned: list[str] = []
         self._draining = False
@@ -280,6 +285,8 @@ class SessionSupervisor:
                     await self._reap_leftovers(tasks, task)
                 logger.info(f"Stopping bot session with metadata: {self._metadata(spec)}")
                 self._unregister(handle)
+                with trio.CancelScope(shield=True):
+                    await self._release_after_session()
                 handle._ended.set()
 
     def _conclude(
@@ -311,6 +318,22 @@ class SessionSupervisor:
         if task is None or task.cancelled() or task.exception() is not None:
             return Outcome.ERROR
         return Outcome.COMPLETED
+
+    async def _release_after_session(self) -> None:
+        """Collect and trim memory if this was the last running session.
+
+        Runs before the route answers, so the platform places no new session meanwhile.
+        """
+        if not self._release_memory or self._sessions:
+            return
+        # Teardown callbacks scheduled a turn or two after the bot returned must run first, or
+        # what they free is not collectable yet: let the asyncio loop drain its callbacks, three
+        # rounds (trio-asyncio's synchronize() returns once those already queued have run).
+        for _ in range(3):
+            await self._loop.synchronize()  # type: ignore[attr-defined]
+        if self._sessions:
+            return  # another session started meanwhile: collecting now would stall it
+        logger.debug(str(release_memory()))
 
     async def _reap_leftovers(
         self, tasks: SessionTasks, bot_task: asyncio.Task[Any] | None

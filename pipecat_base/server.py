@@ -39,6 +39,7 @@ from .app import create_app
 from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
 from .config import Settings
 from .loader import BotModule
+from .memory import parse_switch
 from .nursery import Outcome, SessionSupervisor
 from .watchdog import LoopWatchdog
 
@@ -97,6 +98,9 @@ class Server:
         """Serve until shut down; ``task_status.started(binds)`` once the socket listens."""
         settings = self.settings
         async with open_bridge_loop() as loop, trio.open_nursery() as session_nursery:
+            release_memory, memory_error = parse_switch(settings.release_session_memory)
+            if memory_error:
+                logger.error(memory_error)
             self.supervisor = SessionSupervisor(
                 session_nursery,
                 loop,
@@ -104,6 +108,7 @@ class Server:
                 image_version=settings.image_version,
                 cancel_grace=settings.session_cancel_grace,
                 max_sessions=settings.max_sessions,
+                release_session_memory=release_memory,
             )
             self.watchdog = LoopWatchdog(
                 loop,
