@@ -5,7 +5,8 @@ Startup runs in this order, each step visible here:
 1. install the early SIGTERM guard (a SIGTERM from here on exits 0 at once), and put the
    agent's environment (``PIPECAT_BOT_VENV``) first on ``sys.path`` (see `bot_env`);
 2. parse every setting (a bad value: one line on stderr, exit 2);
-3. import the bot module (no ``bot``: one line, exit 1; the module raising: its traceback, exit 1);
+3. check pipecat-ai (`compat`: refusal exits 78), import the bot module (no ``bot``: one line,
+   exit 1; the module raising: its traceback, exit 1), then check the session types (78);
 4. import the session argument types (pipecat, pipecatcloud), then configure logging: both
    the bot and pipecatcloud reconfigure loguru at import, so we take it over last;
 5. serve until SIGTERM/SIGINT, drain, exit 0.
@@ -53,6 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipecat-base: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
+    from . import compat
+
+    plain_asyncio = compat.plain_asyncio_mode()
+    if not plain_asyncio:
+        refusal = compat.run_check("pipecat-ai", compat.check_pipecat)
+        if refusal:
+            compat.refuse(refusal, settings.termination_log_path)
+
     from .loader import BotLoadError, load_bot
 
     try:
@@ -60,6 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BotLoadError as exc:
         print(f"pipecat-base: cannot load the bot: {exc}", file=sys.stderr)
         return EXIT_BOT
+
+    type_warnings: list[str] = []
+    if not plain_asyncio:
+        checked = compat.run_check("session arguments", compat.check_session_types)
+        if checked is not None:
+            refusal, type_warnings = checked
+            if refusal:
+                compat.refuse(refusal, settings.termination_log_path)
 
     import trio
     from loguru import logger
@@ -74,6 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info(f"Agent environment first on sys.path: {', '.join(bot_paths)}")
     for problem in bot_env.check_shared_versions():
         logger.warning(f"Shared package version: {problem}")
+    for warning in type_warnings:
+        logger.warning(warning)
+    if plain_asyncio:
+        logger.info(
+            "Python 3.10 without pipecat-ai (pipecat-ai 1.0 and newer need Python 3.11): serving "
+            "plain asyncio bots with pipecat-base's own session arguments"
+        )
     logger.info(f"Session arguments from {types_from}")
     server = Server(settings, bot_module, on_shutdown=guard.absorb)
     trio.run(server.run)

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Parsed leniently by memory.parse_switch (a bad value logs an ERROR and stays on, as in the
     # existing image), so it is kept as text here.
     release_session_memory: str | None = Field(None, validation_alias="PCC_RELEASE_SESSION_MEMORY")
+    termination_log_path: str = Field(
+        "/dev/termination-log", validation_alias="PCC_TERMINATION_LOG_PATH"
+    )
     session_files_dir: str | None = Field(None, validation_alias="PCC_SESSION_FILES_DIR")
     token_refresher_dir: str = Field(
         "/var/run/token-refresher", validation_alias="PCC_TOKEN_REFRESHER_DIR"

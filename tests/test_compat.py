@@ -1,0 +1,194 @@
+"""Compatibility refusal (exit 78): checks with injected imports, and real child processes
+whose ``pipecat`` is a stub package placed first on ``PYTHONPATH``."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import trio
+
+from pipecat_base import compat
+
+from .conftest import needs_pipecat
+from .process import BOTS, server_process
+
+
+def fake_import(modules: dict[str, object]):
+    def import_module(name: str) -> ModuleType:
+        value = modules[name]
+        if isinstance(value, BaseException):
+            raise value
+        module = ModuleType(name)
+        for attr in value:  # type: ignore[union-attr]
+            setattr(module, attr, object)
+        return module
+
+    return import_module
+
+
+def found(name: str) -> object:
+    return object()
+
+
+ALL_TYPES = compat.RUNNER_TYPES
+
+
+@pytest.mark.parametrize(
+    ("find", "modules", "version", "reason"),
+    [
+        (found, {"pipecat.runner.types": ALL_TYPES}, "1.14.0", None),
+        (
+            lambda name: None,
+            {},
+            None,
+            "pipecat-ai is not installed, and this image needs pipecat-ai 0.0.78 or newer: "
+            "add it to the agent image and deploy again.",
+        ),
+        (
+            found,
+            {"pipecat.runner.types": ModuleNotFoundError("x", name="pipecat.runner")},
+            "0.0.60",
+            "pipecat-ai 0.0.60 is too old for this image, which needs pipecat-ai 0.0.78 or "
+            "newer: upgrade pipecat-ai in the agent image and deploy again.",
+        ),
+        (
+            found,
+            {"pipecat.runner.types": ModuleNotFoundError("No module named 'numpy'", name="numpy")},
+            "1.0.0",
+            "pipecat-ai 1.0.0 failed to import (ModuleNotFoundError: No module named 'numpy'): "
+            "fix the agent image's dependencies.",
+        ),
+        (
+            found,
+            {"pipecat.runner.types": ALL_TYPES[:3]},
+            "1.0.0",
+            "pipecat-ai 1.0.0 has no SmallWebRTCRunnerArguments in pipecat.runner.types, which "
+            "this image builds session arguments on: pin a pipecat-ai release that provides it.",
+        ),
+        (
+            found,
+            {"pipecat.runner.types": ALL_TYPES[:2]},
+            None,
+            "pipecat-ai has no WebSocketRunnerArguments, SmallWebRTCRunnerArguments in "
+            "pipecat.runner.types, which this image builds session arguments on: pin a "
+            "pipecat-ai release that provides them.",
+        ),
+    ],
+)
+def test_check_pipecat(find, modules, version, reason):
+    assert compat.check_pipecat(find, fake_import(modules), lambda dist: version) == reason
+
+
+@needs_pipecat
+def test_installed_pipecat_and_session_types_pass():
+    assert compat.check_pipecat() is None
+    assert compat.check_session_types() == (None, [])
+
+
+def test_session_types_that_do_not_load_are_refused_with_the_cause():
+    error = ImportError("wrapper")
+    error.__cause__ = TypeError("non-default argument 'room_url' follows default argument")
+    reason, _ = compat.check_session_types(
+        fake_import({"pipecatcloud.agent": error}), lambda dist: {"pipecatcloud": "1.4.0"}.get(dist)
+    )
+    assert reason == (
+        "pipecatcloud 1.4.0 cannot load its session types with pipecat-ai (TypeError: "
+        "non-default argument 'room_url' follows default argument). This image supports "
+        "pipecat-ai 0.0.78 or newer."
+    )
+
+
+def test_one_line_has_no_brackets_newlines_or_lone_surrogates():
+    text = "Refusing to start:  a [b]\n\tc \ud800 é  "
+    assert compat.one_line(text) == "Refusing to start: a (b) c \\ud800 é"
+
+
+def test_a_fault_inside_a_check_never_refuses(capsys):
+    def broken() -> str:
+        raise RuntimeError("the check itself broke")
+
+    assert compat.run_check("pipecat-ai", broken) is None
+    assert capsys.readouterr().err == (
+        "WARNING: The pipecat-ai check did not run (RuntimeError: the check itself broke).\n"
+    )
+
+
+def stub_pipecat(root: Path, version: str, files: dict[str, str]) -> Path:
+    """A fake ``pipecat`` package with a dist-info naming ``version``."""
+    (root / "pipecat").mkdir(parents=True)
+    (root / "pipecat" / "__init__.py").write_text("")
+    info = root / f"pipecat_ai-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pipecat-ai\nVersion: {version}\n")
+    for name, source in files.items():
+        path = root / "pipecat" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+    return root
+
+
+BROKEN = "raise RuntimeError('kaboom [x]')"
+THREAD_BOT = "thread_at_import_bot.py"
+TYPES_OK = """
+    from dataclasses import dataclass, field
+    @dataclass
+    class RunnerArguments:
+        body: object = field(default_factory=dict, kw_only=True)
+        session_id: object = field(default=None, kw_only=True)
+    @dataclass
+    class DailyRunnerArguments(RunnerArguments):
+        room_url: str
+        token: str = None
+        must_have: int = field(kw_only=True)   # a field the image cannot fill: builds fail
+    @dataclass
+    class WebSocketRunnerArguments(RunnerArguments):
+        websocket: object
+    @dataclass
+    class SmallWebRTCRunnerArguments(RunnerArguments):
+        webrtc_connection: object
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 serves plain asyncio bots instead")
+@pytest.mark.parametrize(
+    ("version", "files", "bot", "expected"),
+    [
+        ("0.0.50", {}, "waiting_bot.py",
+         "Refusing to start: pipecat-ai 0.0.50 is too old for this image, which needs pipecat-ai "
+         "0.0.78 or newer: upgrade pipecat-ai in the agent image and deploy again."),
+        ("0.0.90", {"runner/__init__.py": "", "runner/types.py": BROKEN}, "waiting_bot.py",
+         "Refusing to start: pipecat-ai 0.0.90 failed to import (RuntimeError: kaboom (x)): fix "
+         "the agent image's dependencies."),
+        ("0.0.95", {"runner/__init__.py": "", "runner/types.py": "class RunnerArguments: pass"},
+         "waiting_bot.py",
+         "Refusing to start: pipecat-ai 0.0.95 has no DailyRunnerArguments, "
+         "WebSocketRunnerArguments, SmallWebRTCRunnerArguments in pipecat.runner.types, which this "
+         "image builds session arguments on: pin a pipecat-ai release that provides them."),
+        # Passes the first check; the session types then do not build (after the bot's import,
+        # whose non-daemon thread must not keep the process alive).
+        ("1.0.0", {"runner/__init__.py": "", "runner/types.py": TYPES_OK}, THREAD_BOT,
+         f"Refusing to start: pipecatcloud {compat.installed_version('pipecatcloud')} with "
+         "pipecat-ai 1.0.0 cannot build the "
+         "DailySessionArguments this image hands bot() (TypeError: DailySessionArguments."
+         "__init__() missing 1 required keyword-only argument: 'must_have'). This image supports "
+         "pipecat-ai 0.0.78 or newer."),
+    ],
+)  # fmt: skip
+async def test_refusal_in_a_child_process(tmp_path, version, files, bot, expected):
+    stubs = stub_pipecat(tmp_path / "stubs", version, files)
+    termination = tmp_path / "termination-log"
+    env = {"PYTHONPATH": str(stubs), "PCC_TERMINATION_LOG_PATH": str(termination)}
+    async with server_process(BOTS / bot, env=env, wait_ready=False) as server:
+        with trio.fail_after(30):
+            code = await server.wait_exit()
+    assert code == 78
+    line = termination.read_text()
+    assert line == expected
+    assert "\n" not in line
+    assert f"CRITICAL: {line}\n" in server.text
+    assert "Serving bot" not in server.text
