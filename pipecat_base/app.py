@@ -8,6 +8,7 @@ Routes translate requests into sessions and outcomes into responses; they own no
 * ``WS /ws`` -- accept, then run a session whose bot gets a genuine Starlette ``WebSocket``
   (`websocket`); the caller hanging up reaches the bot as ``websocket.disconnect``, and a bot
   that does not end within ``CLIENT_DISCONNECT_GRACE`` is stopped.
+* ``GET|HEAD /pcc/capabilities`` -- what this image can serve (`capabilities`).
 * ``GET /livez`` -- the process serves.
 * ``GET /readyz`` -- see `health`.
 """
@@ -49,6 +50,7 @@ RETRY_AFTER_SECONDS = 1
 
 # WebSocket close codes: a bot that returned ends the call normally; a session the server
 # cancelled (budget, shutdown) is "going away"; a refused one may try again later.
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
@@ -61,6 +63,7 @@ def create_app(
     settings: Settings | None = None,
     user_readyz: Callable[[], Any] | None = None,
     stall_stats: Callable[[], StallStats] | None = None,
+    capabilities: bytes | None = None,
 ) -> QuartTrio:
     """Build the app serving ``supervisor``'s sessions.
 
@@ -70,6 +73,8 @@ def create_app(
             ``client_disconnect_grace`` and ``session_files_dir``.
         user_readyz: The bot module's optional ``readyz()``.
         stall_stats: The loop-stall watchdog's counts, for ``/readyz``.
+        capabilities: The capability document (`capabilities`), or None when it could not be
+            built: ``/pcc/capabilities`` then answers 404 to every method.
     """
     settings = settings or load_settings({})
     app = QuartTrio("pipecat_base")
@@ -159,6 +164,16 @@ def create_app(
             ended_by_bot = outcome in (Outcome.COMPLETED, Outcome.ERROR)
             await socket.close(CLOSE_NORMAL if ended_by_bot else CLOSE_GOING_AWAY)
         return None
+
+    @app.route("/pcc/capabilities", methods=_ALL_METHODS)
+    async def pcc_capabilities() -> Response:
+        if capabilities is None:
+            return Response(b"", status=404)
+        if request.method not in ("GET", "HEAD"):
+            return Response(b"", status=405, headers={"Allow": "GET, HEAD"})
+        response = Response(capabilities, status=200, content_type="application/json")
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.get("/livez")
     async def livez() -> Response:

@@ -37,7 +37,9 @@ from loguru import logger
 
 from .app import create_app
 from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
+from .capabilities import build_document
 from .config import Settings
+from .features import detect as detect_features
 from .loader import BotModule
 from .memory import parse_switch
 from .nursery import Outcome, SessionSupervisor
@@ -69,6 +71,11 @@ class Server:
         self._on_shutdown = on_shutdown
         self.supervisor: SessionSupervisor | None = None
         self.watchdog: LoopWatchdog | None = None
+        self.capabilities: bytes | None = None
+        try:
+            self.capabilities = build_document(detect_features())
+        except Exception as exc:  # the server serves without it; the path answers 404
+            logger.warning(f"Not reporting capabilities: {exc}")
         self._shutdown_requested = trio.Event()
         self._stop_http = trio.Event()  # Hypercorn's shutdown trigger
         self._http_stopped = trio.Event()  # Hypercorn has returned: responses are out
@@ -118,6 +125,7 @@ class Server:
             app = create_app(
                 self.supervisor,
                 settings=settings,
+                capabilities=self.capabilities,
                 user_readyz=self.bot_module.readyz,
                 stall_stats=lambda: self.watchdog.stats,  # type: ignore[union-attr]
             )

@@ -1,0 +1,127 @@
+"""``GET|HEAD /pcc/capabilities`` (contract §8.1)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import httpx
+import pytest
+
+from pipecat_base.app import create_app
+from pipecat_base.capabilities import CapabilityError, build_document, clean_text, validate
+from pipecat_base.features import Feature, detect
+
+from .process import BOTS
+
+
+def test_document_for_the_installed_packages():
+    document = json.loads(build_document(detect()))
+    daily = importlib.util.find_spec("daily") is not None
+    expected_daily = {"available": True} if daily else {
+        "available": False, "reason": "No module named 'daily'"}  # fmt: skip
+    assert document == {
+        "version": 1,
+        "capabilities": {
+            "transport.daily": expected_daily,
+            "transport.websocket": {"available": True},
+            "transport.webrtc": {
+                "available": False,
+                "reason": "SmallWebRTC sessions are not served by this server yet",
+            },
+            "whatsapp": {
+                "available": False,
+                "reason": "WhatsApp webhooks are not served by this server yet",
+            },
+        },
+    }
+
+
+def test_serialised_compact_with_sorted_keys():
+    body = build_document([Feature("b", True), Feature("a", False, "why")])
+    assert body == (
+        b'{"capabilities":{"a":{"available":false,"reason":"why"},'
+        b'"b":{"available":true}},"version":1}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "cleaned"),
+    [
+        ("  two\n  lines\t here ", "two lines here"),
+        ("see [docs]", "see (docs)"),
+        ("café", "caf\\xe9"),
+        ("lone \ud800", "lone \\ud800"),
+        ("bell\x07", "bell?"),
+        ("x" * 300, "x" * 253 + "..."),
+    ],
+)
+def test_text_cleaning(text, cleaned):
+    assert clean_text(text) == cleaned
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"version": 1},
+        {"version": True, "capabilities": {}},
+        {"version": "1", "capabilities": {}},
+        {"version": 1, "capabilities": {"Bad Name": {"available": True}}},
+        {"version": 1, "capabilities": {"a" * 64: {"available": True}}},
+        {"version": 1, "capabilities": {f"c{i}": {"available": True} for i in range(65)}},
+        {"version": 1, "capabilities": {"a": {"available": 1}}},
+        {"version": 1, "capabilities": {"a": {"available": True, "extra": 1}}},
+        {"version": 1, "capabilities": {"a": {"available": False, "reason": "[x]"}}},
+        {"version": 1, "capabilities": {"a": {"available": False, "reason": "é"}}},
+        {"version": 1, "capabilities": {"a": {"available": False, "reason": "x" * 257}}},
+        {"version": 1, "capabilities": {}, "extra": 1},
+    ],
+)
+def test_validation_rejects(document):
+    with pytest.raises(CapabilityError):
+        validate(document)
+
+
+def test_empty_reason_gets_a_fallback():
+    assert json.loads(build_document([Feature("x", False, "  ")]))["capabilities"] == {
+        "x": {"available": False, "reason": "x is unavailable"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "empty"),
+    [
+        ("GET", 200, {"content-type": "application/json", "cache-control": "no-store"}, False),
+        ("HEAD", 200, {"content-type": "application/json", "cache-control": "no-store"}, True),
+        ("POST", 405, {"allow": "GET, HEAD", "content-length": "0"}, True),
+        ("PUT", 405, {"allow": "GET, HEAD"}, True),
+        ("DELETE", 405, {"allow": "GET, HEAD"}, True),
+        ("PATCH", 405, {"allow": "GET, HEAD"}, True),
+    ],
+)
+async def test_methods_statuses_and_headers(serve_bot, method, status, headers, empty):
+    async with serve_bot(str(BOTS / "raw_ws_bot_iter.py")) as served:
+        async with httpx.AsyncClient() as client:
+            response = await client.request(method, f"{served.url}/pcc/capabilities")
+    assert response.status_code == status
+    for name, value in headers.items():
+        assert response.headers[name] == value
+    assert (response.content == b"") is empty
+    if method in ("GET", "HEAD"):
+        length = len(served.server.capabilities)
+        assert response.headers["content-length"] == str(length)
+        if method == "GET":
+            assert response.content == served.server.capabilities
+
+
+async def test_a_document_that_cannot_be_built_answers_404_to_every_method(make_supervisor):
+    client = create_app(make_supervisor(lambda args: None), capabilities=None).test_client()
+    for method in ("GET", "HEAD", "POST"):
+        response = await client.open("/pcc/capabilities", method=method)
+        assert response.status_code == 404
+        assert await response.get_data() == b""
+
+
+async def test_trailing_slash_is_not_the_capability_path(make_supervisor):
+    client = create_app(make_supervisor(lambda args: None), capabilities=b"{}").test_client()
+    assert (await client.get("/pcc/capabilities/")).status_code == 404
