@@ -9,6 +9,7 @@ Routes translate requests into sessions and outcomes into responses; they own no
   (`websocket`); the caller hanging up reaches the bot as ``websocket.disconnect``, and a bot
   that does not end within ``CLIENT_DISCONNECT_GRACE`` is stopped.
 * ``GET|HEAD /pcc/capabilities`` -- what this image can serve (`capabilities`).
+* ``GET /metrics`` -- Prometheus text (`metrics`).
 * ``GET /livez`` -- the process serves.
 * ``GET /readyz`` -- see `health`.
 """
@@ -174,6 +175,10 @@ def create_app(
         response = Response(capabilities, status=200, content_type="application/json")
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(supervisor.metrics.render(), content_type=supervisor.metrics.content_type)
 
     @app.get("/livez")
     async def livez() -> Response:

@@ -32,6 +32,7 @@ from loguru import logger
 from .bridge import SECOND_CANCEL_WINDOW, wait_task
 from .logs import session_context
 from .memory import release_memory
+from .metrics import Metrics
 from .session_tasks import SessionTasks, install_task_factory, reap
 
 
@@ -124,6 +125,7 @@ class SessionSupervisor:
         max_sessions: ``MAX_SESSIONS``, or None for no limit.
         release_session_memory: ``PCC_RELEASE_SESSION_MEMORY``: collect and trim memory after
             a session when no other session is running (`memory`).
+        metrics: Where session events are counted (`metrics`); a private one when omitted.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class SessionSupervisor:
         cancel_grace: float = 5.0,
         max_sessions: int | None = None,
         release_session_memory: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self._nursery = nursery
         self._loop = loop
@@ -144,6 +147,8 @@ class SessionSupervisor:
         self._cancel_grace = cancel_grace
         self._max_sessions = max_sessions
         self._release_memory = release_session_memory
+        self.metrics = metrics or Metrics()
+        self.metrics.active.set_function(lambda: len(self._sessions))
         self._sessions: set[SessionHandle] = set()
         self._abandoned: list[str] = []
         self._draining = False
@@ -238,6 +243,7 @@ class SessionSupervisor:
         cancel protocol's bound (``cancel_grace`` + `bridge.SECOND_CANCEL_WINDOW`).
         """
         self._draining = True
+        began = trio.current_time()
         if self._sessions:
             wait = max(0.0, deadline - trio.current_time())
             logger.info(f"Draining: waiting up to {wait:g}s for {len(self._sessions)} session(s)")
@@ -250,6 +256,7 @@ class SessionSupervisor:
             )
             self.stop_all("shutdown", Outcome.SHUTDOWN)
         await self.wait_idle()
+        self.metrics.drained(trio.current_time() - began)
 
     # -- the session itself ----------------------------------------------------------------
 
@@ -259,7 +266,9 @@ class SessionSupervisor:
         spec = handle.spec
         if spec.budget is not None:
             handle._scope.deadline = trio.current_time() + spec.budget
-        self._last_start = (trio.current_time(), spec.session_id)
+        started_at = trio.current_time()
+        self._last_start = (started_at, spec.session_id)
+        self.metrics.session_started()
         with session_context(spec.session_id):
             logger.info(f"Starting bot session with metadata: {self._metadata(spec)}")
             task: asyncio.Task[Any] | None = None
@@ -283,6 +292,7 @@ class SessionSupervisor:
                 handle.outcome = self._conclude(handle, task, outside_cancel)
                 with trio.CancelScope(shield=True):
                     await self._reap_leftovers(tasks, task)
+                self.metrics.session_ended(handle.outcome.value, trio.current_time() - started_at)
                 logger.info(f"Stopping bot session with metadata: {self._metadata(spec)}")
                 self._unregister(handle)
                 with trio.CancelScope(shield=True):
@@ -344,6 +354,7 @@ class SessionSupervisor:
             return
         reaped = await reap(leftovers, grace=self._cancel_grace)
         self.leaked_tasks_reaped += len(leftovers)
+        self.metrics.tasks_reaped(len(leftovers))
         parts = []
         if reaped.cancelled:
             parts.append(f"cancelled {', '.join(reaped.cancelled)}")

@@ -122,6 +122,10 @@ class Server:
                 stall_warning=settings.loop_stall_warning,
                 recent_session=self.supervisor.recent_session,
             )
+            watchdog = self.watchdog
+            self.supervisor.metrics.watch_stalls(
+                stalls=lambda: watchdog.stats.count, longest_stall=lambda: watchdog.stats.longest
+            )
             app = create_app(
                 self.supervisor,
                 settings=settings,
