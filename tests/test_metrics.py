@@ -24,6 +24,9 @@ def ended(outcome: str) -> tuple[str, tuple]:
     return ("pipecat_base_sessions_ended_total", (("outcome", outcome),))
 
 
+RELEASED: list[bool] = []  # lets the abandoned bot end once the test is done with it
+
+
 async def bot(args: Any) -> None:
     if args == "error":
         raise RuntimeError("boom")
@@ -31,7 +34,7 @@ async def bot(args: Any) -> None:
         asyncio.get_running_loop().create_task(asyncio.sleep(1000))
         return
     if args == "stubborn":
-        while True:
+        while not RELEASED:
             try:
                 await asyncio.sleep(1000)
             except asyncio.CancelledError:
@@ -81,3 +84,5 @@ async def test_counters_move_for_every_outcome(make_supervisor, autojump_clock):
     assert m[("pipecat_base_leaked_tasks_reaped_total", ())] == 1
     assert m[("pipecat_base_drain_duration_seconds", ())] == 30
     assert ("pipecat_base_loop_stalls_total", ()) in m
+    RELEASED.append(True)
+    await trio.sleep(2)
