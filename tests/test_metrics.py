@@ -36,7 +36,7 @@ async def bot(args: Any) -> None:
     if args == "stubborn":
         while not RELEASED:
             try:
-                await asyncio.sleep(1000)
+                await asyncio.sleep(1)
             except asyncio.CancelledError:
                 pass
     if args == "forever":
