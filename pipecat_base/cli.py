@@ -54,6 +54,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipecat-base: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
+    # The structured lane (PCC_LOG_DIR): capture stdout/stderr before the bot module is
+    # imported, since bots print at import.
+    from .attribution import Attribution
+
+    attribution = Attribution()
+    capture = None
+    jsonl = None
+    if settings.log_dir:
+        from . import capture as capture_module
+        from .lane import open_jsonl
+
+        jsonl = open_jsonl(settings.log_dir)
+        if jsonl is not None:
+            capture = capture_module.install(jsonl, attribution)
+
     from . import compat
 
     plain_asyncio = compat.plain_asyncio_mode()
@@ -86,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .server import Server
 
     types_from = session_args.preload()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, sink=capture.console if capture else None, jsonl=jsonl)
     if bot_paths:
         logger.info(f"Agent environment first on sys.path: {', '.join(bot_paths)}")
     for problem in bot_env.check_shared_versions():
@@ -99,9 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "plain asyncio bots with pipecat-base's own session arguments"
         )
     logger.info(f"Session arguments from {types_from}")
-    server = Server(settings, bot_module, on_shutdown=guard.absorb)
+    server = Server(settings, bot_module, on_shutdown=guard.absorb, attribution=attribution)
     trio.run(server.run)
     guard.absorb()
+    if capture is not None:
+        capture.flush()
     assert server.supervisor is not None
     lingering = [
         t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()

@@ -170,9 +170,10 @@ def refuse(reason: str, termination_log: str) -> NoReturn:
             log.write(line)
     except OSError:
         pass  # no termination log outside Kubernetes: stderr still says it
-    stderr = sys.__stderr__ or sys.stderr
-    stderr.write(f"CRITICAL: {line}\n")
-    stderr.flush()
+    # sys.stderr, not sys.__stderr__: with the lane on it is the capture's synchronous tee,
+    # so the line reaches the console and bot.jsonl before os._exit.
+    sys.stderr.write(f"CRITICAL: {line}\n")
+    sys.stderr.flush()
     os._exit(EXIT_REFUSED)
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
 
 from loguru import logger
+
+from .lane import JsonlFile
 
 CONSOLE_FORMAT = (
     "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} | "
@@ -24,11 +26,21 @@ NO_SESSION = "NONE"
 PROBE_PATHS = ("/livez", "/readyz", "/metrics")
 
 
-def configure_logging(level: str, sink: TextIO | None = None) -> None:
-    """Replace every loguru sink with the console sink and route stdlib logging into it."""
+def configure_logging(
+    level: str, sink: TextIO | None = None, jsonl: JsonlFile | None = None
+) -> None:
+    """Replace every loguru sink with the console sink and route stdlib logging into it.
+
+    Args:
+        level: ``PIPECAT_LOG_LEVEL``.
+        sink: Where the console goes (the real stderr; with the lane on, past the capture).
+        jsonl: The structured lane, which then gets every record as an ``app`` record.
+    """
     logger.remove()
     logger.configure(extra={"session_id": NO_SESSION})
     logger.add(sink or sys.stderr, format=CONSOLE_FORMAT, level=level, backtrace=False)
+    if jsonl is not None:
+        logger.add(_lane_sink(jsonl), format="{message}\n{exception}", level=level)
     for name in ("hypercorn.error", "hypercorn.access"):
         std = logging.getLogger(name)
         std.handlers[:] = [_ToLoguru()]
@@ -42,6 +54,21 @@ def session_context(session_id: str | None) -> Iterator[None]:
     """Bind ``session_id`` to every record logged in this context (trio and asyncio alike)."""
     with logger.contextualize(session_id=session_id or NO_SESSION):
         yield
+
+
+def _lane_sink(jsonl: JsonlFile) -> Callable[[Any], None]:
+    def write(message: Any) -> None:
+        record = message.record
+        session_id = record["extra"].get("session_id")
+        jsonl.record(
+            "app",
+            str(message).rstrip("\n"),
+            session_id=None if session_id in (None, NO_SESSION) else str(session_id),
+            level=record["level"].name,
+            timestamp=record["time"].isoformat(),
+        )
+
+    return write
 
 
 def _drop_probes(record: logging.LogRecord) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 import trio
 from loguru import logger
 
+from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, wait_task
 from .logs import session_context
 from .memory import release_memory
@@ -126,6 +127,7 @@ class SessionSupervisor:
         release_session_memory: ``PCC_RELEASE_SESSION_MEMORY``: collect and trim memory after
             a session when no other session is running (`memory`).
         metrics: Where session events are counted (`metrics`); a private one when omitted.
+        attribution: Told when sessions start and end, for captured output (`attribution`).
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class SessionSupervisor:
         max_sessions: int | None = None,
         release_session_memory: bool = True,
         metrics: Metrics | None = None,
+        attribution: Attribution | None = None,
     ) -> None:
         self._nursery = nursery
         self._loop = loop
@@ -148,6 +151,7 @@ class SessionSupervisor:
         self._max_sessions = max_sessions
         self._release_memory = release_session_memory
         self.metrics = metrics or Metrics()
+        self._attribution = attribution or Attribution()
         self.metrics.active.set_function(lambda: len(self._sessions))
         self._sessions: set[SessionHandle] = set()
         self._abandoned: list[str] = []
@@ -269,6 +273,7 @@ class SessionSupervisor:
         started_at = trio.current_time()
         self._last_start = (started_at, spec.session_id)
         self.metrics.session_started()
+        self._attribution.started(spec.session_id)
         with session_context(spec.session_id):
             logger.info(f"Starting bot session with metadata: {self._metadata(spec)}")
             task: asyncio.Task[Any] | None = None
@@ -293,6 +298,7 @@ class SessionSupervisor:
                 with trio.CancelScope(shield=True):
                     await self._reap_leftovers(tasks, task)
                 self.metrics.session_ended(handle.outcome.value, trio.current_time() - started_at)
+                self._attribution.ended(spec.session_id)
                 logger.info(f"Stopping bot session with metadata: {self._metadata(spec)}")
                 self._unregister(handle)
                 with trio.CancelScope(shield=True):

@@ -36,6 +36,7 @@ from hypercorn.config import Config as HypercornConfig
 from loguru import logger
 
 from .app import create_app
+from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
 from .capabilities import build_document
 from .config import Settings
@@ -59,6 +60,7 @@ class Server:
         bot_module: BotModule,
         *,
         on_shutdown: Callable[[], None] | None = None,
+        attribution: Attribution | None = None,
     ) -> None:
         """Args:
         settings: The parsed settings.
@@ -69,6 +71,7 @@ class Server:
         self.settings = settings
         self.bot_module = bot_module
         self._on_shutdown = on_shutdown
+        self._attribution = attribution
         self.supervisor: SessionSupervisor | None = None
         self.watchdog: LoopWatchdog | None = None
         self.capabilities: bytes | None = None
@@ -116,6 +119,7 @@ class Server:
                 cancel_grace=settings.session_cancel_grace,
                 max_sessions=settings.max_sessions,
                 release_session_memory=release_memory,
+                attribution=self._attribution,
             )
             self.watchdog = LoopWatchdog(
                 loop,

@@ -60,6 +60,12 @@ class SessionTasks:
             _OWNER.reset(token)
 
 
+def current_session_id() -> str | None:
+    """The session whose code is running here (asyncio task, or a thread it started)."""
+    owner = _OWNER.get()
+    return owner.session_id if owner is not None else None
+
+
 def owner_of(task: asyncio.Task[Any]) -> SessionTasks | None:
     """The session a task belongs to (None: created outside any session)."""
     owners = getattr(task.get_loop(), "_pipecat_base_task_owners", None)

@@ -26,6 +26,7 @@ class ServerProcess:
     def __init__(self, process: trio.Process) -> None:
         self.process = process
         self.stderr = bytearray()
+        self.stdout = bytearray()
         self.port: int | None = None
         self._ready = trio.Event()
         self._changed = trio.Event()
@@ -44,6 +45,11 @@ class ServerProcess:
                 self._ready.set()
             self._changed.set()
             self._changed = trio.Event()
+
+    async def _pump_stdout(self) -> None:
+        assert self.process.stdout is not None
+        async for chunk in self.process.stdout:
+            self.stdout.extend(chunk)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -71,6 +77,7 @@ async def server_process(
     wait_ready: bool = True,
     argv: list[str] | None = None,
     cwd: Path | None = None,
+    capture_stdout: bool = False,
 ) -> AsyncIterator[ServerProcess]:
     """Start ``python -m pipecat_base serve BOT`` (or ``argv``) on a free port of 127.0.0.1."""
     child_env = {
@@ -86,13 +93,15 @@ async def server_process(
         env=child_env,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     server = ServerProcess(process)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server._pump)
+            if capture_stdout:
+                nursery.start_soon(server._pump_stdout)
             if wait_ready:
                 with trio.fail_after(60):
                     await server.wait_ready()
