@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_CONFIG = 2
 EXIT_BOT = 1
@@ -114,6 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "plain asyncio bots with pipecat-base's own session arguments"
         )
     logger.info(f"Session arguments from {types_from}")
+    from . import features as features_module
+
+    detected = features_module.detect()
+    if settings.log_features_summary.strip().lower() == "true":
+        logger.info(features_module.summary(detected))
+    if any(f.name == features_module.OBSERVERS and f.available for f in detected):
+        register_setup_file(observers_setup_path())
     server = Server(settings, bot_module, on_shutdown=guard.absorb, attribution=attribution)
     trio.run(server.run)
     guard.absorb()
@@ -138,6 +146,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def observers_setup_path() -> str:
+    """The setup file pipecat loads by path (never imported by the server itself)."""
+    return str(Path(__file__).with_name("observers_setup.py"))
+
+
+def register_setup_file(path: str) -> None:
+    """Append ``path`` to ``PIPECAT_SETUP_FILES``, keeping the user's entries."""
+    entries = [p for p in os.environ.get("PIPECAT_SETUP_FILES", "").split(os.pathsep) if p]
+    if path not in entries:
+        os.environ["PIPECAT_SETUP_FILES"] = os.pathsep.join([*entries, path])
 
 
 def run() -> None:

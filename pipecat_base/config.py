@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     termination_log_path: str = Field(
         "/dev/termination-log", validation_alias="PCC_TERMINATION_LOG_PATH"
     )
+    log_features_summary: str = Field("false", validation_alias="PCC_LOG_FEATURES_SUMMARY")
     log_dir: str | None = Field(None, validation_alias="PCC_LOG_DIR")
     session_files_dir: str | None = Field(None, validation_alias="PCC_SESSION_FILES_DIR")
     token_refresher_dir: str = Field(

@@ -40,6 +40,7 @@ from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
 from .capabilities import build_document
 from .config import Settings
+from .features import CAPABILITIES
 from .features import detect as detect_features
 from .loader import BotModule
 from .memory import parse_switch
@@ -76,7 +77,9 @@ class Server:
         self.watchdog: LoopWatchdog | None = None
         self.capabilities: bytes | None = None
         try:
-            self.capabilities = build_document(detect_features())
+            self.capabilities = build_document(
+                f for f in detect_features() if f.name in CAPABILITIES
+            )
         except Exception as exc:  # the server serves without it; the path answers 404
             logger.warning(f"Not reporting capabilities: {exc}")
         self._shutdown_requested = trio.Event()

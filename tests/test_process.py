@@ -57,7 +57,7 @@ async def test_console_format_and_probes_kept_out_of_the_access_log(tmp_path: Pa
     env = {"IMAGE_VERSION": "9.9.9"}
     async with server_process(BOTS / "waiting_bot.py", env=env) as server:
         async with httpx.AsyncClient() as client:
-            for path in ("/livez", "/readyz", "/livez"):
+            for path in ("/livez", "/readyz", "/metrics", "/livez"):
                 assert (await client.get(f"{server.url}{path}")).status_code == 200
         body = {"marker": str(tmp_path / "m"), "seconds": 0}
         response = await post_bot(server.url, body, **{"X-Daily-Session-Id": "fmt-1"})
@@ -67,6 +67,7 @@ async def test_console_format_and_probes_kept_out_of_the_access_log(tmp_path: Pa
     assert '"POST /bot 1.1" 200' in server.text  # the access log is on...
     assert "/livez" not in server.text  # ...but probes stay out of it
     assert "/readyz" not in server.text
+    assert "/metrics" not in server.text
 
 
 async def test_sigterm_during_session_drains_for_shutdown_timeout_then_cancels(tmp_path: Path):
