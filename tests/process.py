@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -63,6 +64,14 @@ class ServerProcess:
 
     async def wait_exit(self) -> int:
         return await self.process.wait()
+
+    async def terminate(self, *, limit: float = 10) -> tuple[int, float]:
+        """SIGTERM, then wait (at most ``limit`` seconds) for the exit: (code, seconds taken)."""
+        sent = time.monotonic()
+        self.signal(signal.SIGTERM)
+        with trio.fail_after(limit):
+            code = await self.process.wait()
+        return code, time.monotonic() - sent
 
     @property
     def text(self) -> str:

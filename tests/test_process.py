@@ -33,11 +33,7 @@ async def test_sigterm_while_idle_exits_0_fast_and_signals_the_token_refresher(t
     async with server_process(BOTS / "waiting_bot.py", env=env) as server:
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"{server.url}/livez")).status_code == 200
-        sent = time.monotonic()
-        server.signal(signal.SIGTERM)
-        with trio.fail_after(10):
-            code = await server.wait_exit()
-        elapsed = time.monotonic() - sent
+        code, elapsed = await server.terminate()
     assert code == 0
     assert elapsed < 0.5, f"idle shutdown took {elapsed:.2f}s"
     assert "Server stopped" in server.text
@@ -107,10 +103,7 @@ async def test_bot_ignoring_cancellation_is_abandoned_and_process_still_exits_0(
             nursery.start_soon(post_bot, server.url, {"marker": str(tmp_path / "m")})
             with trio.fail_after(30):
                 await server.wait_for_output(b"Starting bot session")
-            sent = time.monotonic()
-            server.signal(signal.SIGTERM)
-            code = await server.wait_exit()
-            elapsed = time.monotonic() - sent
+            code, elapsed = await server.terminate(limit=30)
     assert code == 0
     # SHUTDOWN_TIMEOUT + SESSION_CANCEL_GRACE + the second-cancel window = 1.5 s.
     assert 1.4 <= elapsed < 3.5, elapsed
@@ -121,11 +114,7 @@ async def test_bot_ignoring_cancellation_is_abandoned_and_process_still_exits_0(
 async def test_threads_a_bot_left_running_do_not_hold_the_exit():
     async with server_process(BOTS / "thread_bot.py") as server:
         assert (await post_bot(server.url, {})).status_code == 200
-        sent = time.monotonic()
-        server.signal(signal.SIGTERM)
-        with trio.fail_after(10):
-            code = await server.wait_exit()
-        elapsed = time.monotonic() - sent
+        code, elapsed = await server.terminate()
     assert code == 0
     assert elapsed < 1.0, elapsed
     assert "Exiting with threads still running: forgotten-worker" in server.text
@@ -135,11 +124,7 @@ async def test_sigterm_during_slow_bot_import_exits_0_promptly():
     async with server_process(BOTS / "slow_import_bot.py", wait_ready=False) as server:
         with trio.fail_after(30):
             await server.wait_for_output(b"IMPORTING")
-        sent = time.monotonic()
-        server.signal(signal.SIGTERM)
-        with trio.fail_after(10):
-            code = await server.wait_exit()
-        elapsed = time.monotonic() - sent
+        code, elapsed = await server.terminate()
     assert code == 0
     assert elapsed < 1.0, elapsed
     lines = server.text.splitlines()
