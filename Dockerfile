@@ -32,6 +32,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-install-project --no-dev
 COPY pyproject.toml uv.lock README.md ./
 COPY pipecat_base ./pipecat_base
+COPY pipecatcloud_system ./pipecatcloud_system
 RUN --mount=type=cache,target=/root/.cache/uv \
     UV_PROJECT_ENVIRONMENT=/opt/pipecat-base/.venv \
     uv sync --locked --no-dev --no-editable

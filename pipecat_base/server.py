@@ -3,11 +3,13 @@
 Nesting, outermost first -- each layer outlives what it contains::
 
     open_bridge_loop()                    the process' asyncio loop (bots run on it)
+     open_app_lifespan()                  the Session API app's lifespan (pipecatcloud_system)
       session nursery                     SessionSupervisor: every session
         control nursery
           signal watcher                  SIGTERM/SIGINT -> request_shutdown()
           shutdown sequence               waits for the request, drains, then stops HTTP
-          hypercorn.trio.serve(app)       routes; keeps answering while sessions drain
+          hypercorn.trio.serve(Dispatcher) our routes, then the bot's Session API app;
+                                          keeps answering while sessions drain
 
 The shutdown sequence (first SIGTERM or SIGINT):
 
@@ -25,9 +27,11 @@ A second signal skips the rest of step 3: sessions are cancelled at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 
 import hypercorn.trio
@@ -45,6 +49,7 @@ from .features import detect as detect_features
 from .loader import BotModule
 from .memory import parse_switch
 from .nursery import Outcome, SessionSupervisor
+from .session_api import Dispatcher, open_app_lifespan, shadowed_routes
 from .watchdog import LoopWatchdog
 
 # How long Hypercorn lets open connections finish once sessions are over: their responses are
@@ -86,6 +91,7 @@ class Server:
         self._stop_http = trio.Event()  # Hypercorn's shutdown trigger
         self._http_stopped = trio.Event()  # Hypercorn has returned: responses are out
         self._forced = False
+        self._shutdown_deadline: float | None = None
 
     def request_shutdown(self) -> None:
         """Begin the shutdown sequence; a second call cancels running sessions at once."""
@@ -110,7 +116,17 @@ class Server:
     ) -> None:
         """Serve until shut down; ``task_status.started(binds)`` once the socket listens."""
         settings = self.settings
-        async with open_bridge_loop() as loop, trio.open_nursery() as session_nursery:
+        user_app = load_session_api_app()
+        for path in shadowed_routes(user_app):
+            logger.warning(
+                f"pipecatcloud_system.app defines {path}, which the server serves itself: the "
+                "server's route answers (for /readyz, define readyz() in the bot module)"
+            )
+        async with (
+            open_bridge_loop() as loop,
+            self._user_app_lifespan(loop, user_app),
+            trio.open_nursery() as session_nursery,
+        ):
             release_memory, memory_error = parse_switch(settings.release_session_memory)
             if memory_error:
                 logger.error(memory_error)
@@ -144,7 +160,8 @@ class Server:
                 await control.start(self.watchdog.heartbeat)
                 await control.start(self._watch_signals)
                 control.start_soon(self._shutdown_sequence)
-                binds = await control.start(self._serve_http, app)
+                asgi = Dispatcher(app, user_app, loop, cancel_grace=settings.session_cancel_grace)
+                binds = await control.start(self._serve_http, asgi)
                 logger.info(f"Serving bot {self.bot_module.name} on {', '.join(binds)}")
                 task_status.started(binds)
                 await self._http_stopped.wait()
@@ -152,6 +169,19 @@ class Server:
             logger.info("Server stopped")
         # Shutdown finished within its bound: the exit guard has nothing left to guard.
         self.watchdog.close()
+
+    def _user_app_lifespan(
+        self, loop: asyncio.AbstractEventLoop, user_app: object | None
+    ) -> AbstractAsyncContextManager[None]:
+        if user_app is None:
+            return nullcontext()
+
+        def remaining() -> float:
+            # Bounded by the shutdown deadline (at least half a second of it).
+            deadline = self._shutdown_deadline or trio.current_time()
+            return max(0.5, deadline - trio.current_time())
+
+        return open_app_lifespan(loop, user_app, shutdown_bound=remaining)  # type: ignore[arg-type]
 
     async def _serve_http(self, app: object, *, task_status: trio.TaskStatus[list[str]]) -> None:
         config = hypercorn_config(self.settings)
@@ -161,6 +191,7 @@ class Server:
                 config,
                 shutdown_trigger=self._stop_http.wait,
                 task_status=task_status,
+                mode="asgi",
             )
         finally:
             self._http_stopped.set()
@@ -177,8 +208,19 @@ class Server:
         assert self.supervisor is not None
         logger.info("Shutting down: no new sessions")
         touch_token_refresher(Path(self.settings.token_refresher_dir))
-        await self.supervisor.drain(trio.current_time() + self.settings.shutdown_timeout)
+        self._shutdown_deadline = trio.current_time() + self.settings.shutdown_timeout
+        await self.supervisor.drain(self._shutdown_deadline)
         self._stop_http.set()
+
+
+def load_session_api_app() -> object | None:
+    """``pipecatcloud_system.app``, with whatever routes the bot module added to it."""
+    try:
+        import pipecatcloud_system
+    except ImportError as exc:  # FastAPI missing: the server serves without user routes
+        logger.warning(f"No Session API app: {exc}")
+        return None
+    return pipecatcloud_system.app
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
