@@ -192,3 +192,46 @@ async def test_refusal_in_a_child_process(tmp_path, version, files, bot, expecte
     assert "\n" not in line
     assert f"CRITICAL: {line}\n" in server.text
     assert "Serving bot" not in server.text
+
+
+SITECUSTOMIZE = """
+import sys
+sys.path[:] = [FILTERED if p == SITE else p for p in sys.path]
+"""
+
+
+def site_without_pipecat(root: Path) -> Path:
+    """A sitecustomize that swaps site-packages for a view of it without pipecat-ai."""
+    import site as site_module
+
+    site = next(p for p in site_module.getsitepackages() if Path(p, "trio").is_dir())
+    filtered = root / "site-packages"
+    filtered.mkdir(parents=True)
+    for entry in Path(site).iterdir():
+        if entry.name == "pipecat" or entry.name.startswith("pipecat_ai-"):
+            continue
+        (filtered / entry.name).symlink_to(entry)
+    custom = root / "custom"
+    custom.mkdir()
+    (custom / "sitecustomize.py").write_text(
+        f"FILTERED = {str(filtered)!r}\nSITE = {site!r}\n" + textwrap.dedent(SITECUSTOMIZE)
+    )
+    return custom
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 serves plain asyncio bots instead")
+async def test_missing_pipecat_is_refused_in_a_child_process(tmp_path):
+    termination = tmp_path / "termination-log"
+    env = {
+        "PYTHONPATH": str(site_without_pipecat(tmp_path)),
+        "PCC_TERMINATION_LOG_PATH": str(termination),
+    }
+    async with server_process(BOTS / "waiting_bot.py", env=env, wait_ready=False) as server:
+        with trio.fail_after(30):
+            assert await server.wait_exit() == 78
+    assert termination.read_text() == (
+        "Refusing to start: pipecat-ai is not installed, and this image needs pipecat-ai 0.0.78 "
+        "or newer: add it to the agent image and deploy again."
+    )
+    assert "CRITICAL: Refusing to start: pipecat-ai is not installed" in server.text
