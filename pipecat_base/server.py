@@ -160,7 +160,14 @@ class Server:
                 await control.start(self.watchdog.heartbeat)
                 await control.start(self._watch_signals)
                 control.start_soon(self._shutdown_sequence)
-                asgi = Dispatcher(app, user_app, loop, cancel_grace=settings.session_cancel_grace)
+                supervisor = self.supervisor
+                asgi = Dispatcher(
+                    app,
+                    user_app,
+                    loop,
+                    cancel_grace=settings.session_cancel_grace,
+                    draining=lambda: supervisor.draining,
+                )
                 binds = await control.start(self._serve_http, asgi)
                 logger.info(f"Serving bot {self.bot_module.name} on {', '.join(binds)}")
                 task_status.started(binds)

@@ -42,7 +42,9 @@ class Dispatcher:
         *,
         cancel_grace: float,
         own_paths: Iterable[str] = OWN_PATHS,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._draining = draining
         self._ours = ours
         self._user_app = user_app
         self._loop = loop
@@ -50,6 +52,8 @@ class Dispatcher:
         self._own_paths = frozenset(own_paths)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = self._closing_while_draining(send)
         if (
             self._user_app is not None
             and scope["type"] in ("http", "websocket")
@@ -60,6 +64,21 @@ class Dispatcher:
             )
         else:
             await self._ours(scope, receive, send)
+
+    def _closing_while_draining(self, send: Send) -> Send:
+        """While the server drains, every HTTP response asks the client to close the connection:
+        an idle keep-alive connection would otherwise hold Hypercorn's shutdown for its whole
+        graceful timeout after the last session ended."""
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and self._draining():
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
+                ]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        return closing_send
 
 
 async def run_asgi_on_loop(

@@ -12,7 +12,7 @@ from trio_websocket import open_websocket_url
 from .conftest import needs_pipecat
 from .process import BOTS, server_process
 
-pytestmark = [needs_pipecat, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 BOT = BOTS / "session_api_bot.py"
 
@@ -26,6 +26,7 @@ async def wait_until(client: httpx.AsyncClient, url: str, predicate) -> dict:
             await trio.sleep(0.05)
 
 
+@needs_pipecat
 async def test_routes_read_and_feed_the_session_and_answer_during_a_drain(tmp_path):
     lifespan_log = tmp_path / "lifespan"
     env = {"LIFESPAN_LOG": str(lifespan_log), "SHUTDOWN_TIMEOUT": "30"}
@@ -66,6 +67,7 @@ async def test_routes_read_and_feed_the_session_and_answer_during_a_drain(tmp_pa
     assert text.index("session api bot: pipeline ended") < text.index("Server stopped")
 
 
+@needs_pipecat
 async def test_our_routes_win_and_the_bots_are_reported_once(tmp_path):
     env = {"LIFESPAN_LOG": str(tmp_path / "lifespan")}
     async with server_process(BOT, env=env) as server, httpx.AsyncClient(timeout=30) as client:
@@ -79,6 +81,7 @@ async def test_our_routes_win_and_the_bots_are_reported_once(tmp_path):
         assert server.text.count(f"pipecatcloud_system.app defines {path}, which the server") == 1
 
 
+@needs_pipecat
 async def test_a_user_websocket_route_works_through_the_bridge(tmp_path):
     env = {"LIFESPAN_LOG": str(tmp_path / "lifespan")}
     async with server_process(BOT, env=env) as server:
@@ -89,3 +92,17 @@ async def test_a_user_websocket_route_works_through_the_bridge(tmp_path):
                 with trio.fail_after(10):
                     assert await ws.get_message() == f"echo: {text}"
         server.signal()
+
+
+async def test_responses_ask_clients_to_close_while_draining(serve_bot):
+    # An idle keep-alive connection would otherwise hold Hypercorn's shutdown for its graceful
+    # timeout after the last session ended (found by the drain benchmark).
+    async with serve_bot(str(BOTS / "raw_ws_bot_iter.py")) as served:
+        async with httpx.AsyncClient() as client:
+            before = await client.get(f"{served.url}/livez")
+            await served.server.supervisor.drain(trio.current_time())
+            during = await client.get(f"{served.url}/livez")
+            user_route = await client.get(f"{served.url}/no-such-user-route")
+    assert before.headers.get("connection") != "close"
+    assert during.headers["connection"] == "close"
+    assert user_route.headers["connection"] == "close"

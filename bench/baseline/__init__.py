@@ -1,0 +1,1 @@
+"""The baseline: FastAPI on uvicorn, serving /bot and /ws the way the existing image does."""

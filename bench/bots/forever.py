@@ -1,0 +1,7 @@
+"""Runs until cancelled (for drain measurements)."""
+
+import asyncio
+
+
+async def bot(args):
+    await asyncio.sleep(3600)

@@ -1,0 +1,150 @@
+"""docs/benchmarks.md and its plots, from `scenarios.Results`."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .scenarios import Plan, Results, median
+
+SECTIONS = [
+    ("1. `/bot` session start", "bot_"),
+    ("2. Media path (Twilio echo calls)", ("ping_pong", "cpu_ms", "rtt_p", "lost_")),
+    ("3. Capacity (one core)", "capacity_"),
+    ("4. Memory", ("idle_rss", "rss_after")),
+    ("5. Shutdown", ("idle_shutdown", "drain_")),
+    ("6. Startup", "startup_"),
+]
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return _fmt(values[0])
+    return f"{_fmt(median(values))} ({_fmt(min(values))}–{_fmt(max(values))})"
+
+
+def ratio(results: Results, metric: str) -> float:
+    ours = median(results.values[metric].get("pipecat-base", []))
+    base = median(results.values[metric].get("baseline", []))
+    return ours / base if base else float("nan")
+
+
+def machine_line() -> str:
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}"
+        for name in (
+            "trio",
+            "trio-asyncio",
+            "hypercorn",
+            "quart-trio",
+            "pipecat-ai",
+            "uvicorn",
+            "fastapi",
+        )
+    )
+    return (f"{os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
+            f"{versions}")  # fmt: skip
+
+
+def tables(results: Results) -> list[str]:
+    lines: list[str] = []
+    for title, prefixes in SECTIONS:
+        metrics = [m for m in results.values if m.startswith(prefixes)]
+        if not metrics:
+            continue
+        lines += [f"### {title}", "", "| metric | pipecat-base | baseline | ours / baseline |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for metric in metrics:
+            row = results.values[metric]
+            lines.append(
+                f"| `{metric}` | {_cell(row.get('pipecat-base', []))} | "
+                f"{_cell(row.get('baseline', []))} | {_fmt(ratio(results, metric))} |"
+            )
+        lines.append("")
+    return lines
+
+
+def plots(results: Results, plan: Plan, img_dir: Path) -> list[str]:
+    """PNG plots; returns their paths relative to the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, samples in results.rtt_samples.items():
+        ordered = sorted(samples)
+        if ordered:
+            ax.plot(ordered, [i / len(ordered) for i in range(len(ordered))], label=name)
+    ax.set(xlabel="frame round trip (ms)", ylabel="fraction of frames",
+           title="Frame RTT, pipecat echo, 10 calls")  # fmt: skip
+    ax.legend()
+    fig.savefig(img_dir / "rtt.png", dpi=100, bbox_inches="tight")
+    made.append("rtt.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in plan.media_modes:
+        for name in ("pipecat-base", "baseline"):
+            ys = [median(results.values[f"cpu_ms_per_call_s_{mode}_{n}"].get(name, []))
+                  for n in plan.media_loads]  # fmt: skip
+            ax.plot(plan.media_loads, ys, marker="o", label=f"{name} / {mode}")
+    ax.set(xlabel="concurrent calls", ylabel="server CPU ms per call-second",
+           title="Media path CPU")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.savefig(img_dir / "cpu.png", dpi=100, bbox_inches="tight")
+    made.append("cpu.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    marks = [0, *plan.memory_marks]
+    for name in ("pipecat-base", "baseline"):
+        after = [f"rss_after_{m}_sessions_mib" for m in plan.memory_marks]
+        ys = [median(results.values[k].get(name, [])) for k in ["idle_rss_mib", *after]]
+        ax.plot(marks, ys, marker="o", label=name)
+    ax.set(xlabel="sequential sessions", ylabel="RSS (MiB)", title="Memory")
+    ax.legend()
+    fig.savefig(img_dir / "rss.png", dpi=100, bbox_inches="tight")
+    made.append("rss.png")
+    plt.close("all")
+    return made
+
+
+def write(results: Results, plan: Plan, out: Path, img_dir: Path, command: str, notes: str) -> None:
+    images = plots(results, plan, img_dir)
+    rel = os.path.relpath(img_dir, out.parent)
+    cpu_ratio = ratio(results, "cpu_ms_per_call_s_pipecat_10")
+    body = [
+        "# Benchmarks",
+        "",
+        "pipecat-base (Hypercorn + Quart-Trio + trio-asyncio) against a FastAPI + uvicorn server",
+        "serving `/bot` and `/ws` the way the existing image does, with the same bot file",
+        "(`bench/bots/bench_bot.py`), alternating in the same run, on 127.0.0.1.",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        f"Machine: {machine_line()}. Runs: {plan.runs} (median, with min–max when more than one).",
+        "",
+        f"cpu-ratio-media-10-calls: {cpu_ratio:.2f}",
+        "",
+        *tables(results),
+        *[f"![{name}]({rel}/{name})" for name in images],
+        "",
+        notes,
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(body).rstrip() + "\n")
+    print(f"cpu-ratio-media-10-calls: {cpu_ratio:.2f}", file=sys.stderr)

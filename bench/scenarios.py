@@ -1,0 +1,196 @@
+"""The benchmark scenarios; each run measures both servers, alternating."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import trio
+
+from . import load
+from .servers import KINDS, Kind, Server, cpu_seconds, rss_mib, running
+
+CALL_P99_BUDGET = 0.020
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: int
+    sequential: int
+    concurrent: int
+    media_loads: tuple[int, ...]
+    media_seconds: float
+    media_modes: tuple[str, ...]
+    memory_marks: tuple[int, ...]
+    capacity_ladder: tuple[int, ...] = ()
+    capacity_seconds: float = 4.0
+    ping_pong_frames: int = 100
+
+
+QUICK = Plan(1, 10, 10, (1, 10), 1.0, ("raw", "pipecat"), (1, 20), ping_pong_frames=30)
+FULL = Plan(3, 100, 50, (1, 10, 50), 5.0, ("raw", "pipecat", "vad"), (1, 100, 1000),
+            (10, 20, 30, 40, 50, 60, 80), 4.0)  # fmt: skip
+
+
+@dataclass
+class Results:
+    """``values[metric][server] = [one value per run]``; raw samples kept for the plots."""
+
+    values: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    rtt_samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, metric: str, kind: Kind, value: float) -> None:
+        self.values[metric][kind.name].append(value)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+async def _post_bots(
+    server: Server, count: int, concurrency: int, tag: str
+) -> list[tuple[str, float, float]]:
+    """``count`` ``/bot`` sessions, ``concurrency`` at a time: (session id, sent, answered)."""
+    out: list[tuple[str, float, float]] = []
+    limiter = trio.CapacityLimiter(concurrency)
+    async with httpx.AsyncClient(
+        timeout=60, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
+
+        async def one(i: int) -> None:
+            async with limiter:
+                sid = f"{tag}-{i}"
+                sent = time.monotonic()
+                response = await client.post(
+                    f"{server.url}/bot", json={}, headers={"X-Daily-Session-Id": sid}
+                )
+                response.raise_for_status()
+                out.append((sid, sent, time.monotonic()))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(one, i)
+    return out
+
+
+def _entries(path: Path) -> dict[str, float]:
+    entries = {}
+    for line in path.read_text().splitlines():
+        sid, at = line.split()
+        entries[sid] = float(at)
+    return entries
+
+
+async def session_starts(server: Server, plan: Plan, entry_log: Path, results: Results) -> None:
+    for label, count, concurrency in (
+        ("seq", plan.sequential, 1),
+        ("conc", plan.concurrent, plan.concurrent),
+    ):
+        done = await _post_bots(server, count, concurrency, label)
+        entries = _entries(entry_log)
+        enter = [(entries[sid] - sent) * 1000 for sid, sent, _ in done if sid in entries]
+        rtt = [(answered - sent) * 1000 for _, sent, answered in done]
+        results.add(f"bot_entry_{label}_p50_ms", server.kind, pct(enter, 50))
+        results.add(f"bot_entry_{label}_p99_ms", server.kind, pct(enter, 99))
+        results.add(f"bot_rtt_{label}_p50_ms", server.kind, pct(rtt, 50))
+        results.add(f"bot_rtt_{label}_p99_ms", server.kind, pct(rtt, 99))
+
+
+async def memory(server: Server, plan: Plan, results: Results) -> None:
+    results.add("idle_rss_mib", server.kind, rss_mib(server.pid))
+    done = 0
+    for mark in plan.memory_marks:
+        await _post_bots(server, mark - done, 1, f"mem{mark}")
+        done = mark
+        await trio.sleep(0.2)
+        results.add(f"rss_after_{mark}_sessions_mib", server.kind, rss_mib(server.pid))
+
+
+async def media(server: Server, plan: Plan, results: Results) -> None:
+    ws_url = server.url.replace("http://", "ws://") + "/ws"
+    rtts = await load.ping_pong(ws_url, plan.ping_pong_frames)
+    results.add("ping_pong_rtt_p50_ms", server.kind, pct(rtts, 50) * 1000)
+    results.add("ping_pong_rtt_p99_ms", server.kind, pct(rtts, 99) * 1000)
+    for mode in plan.media_modes:
+        for count in plan.media_loads:
+            before = cpu_seconds(server.pid)
+            calls = await load.calls(ws_url, mode, count, plan.media_seconds)
+            await trio.sleep(0.3)  # the bots' teardown after the hang-up is part of the cost
+            cpu = cpu_seconds(server.pid) - before
+            rtts = [r for c in calls for r in c.rtts]
+            key = f"{mode}_{count}"
+            results.add(
+                f"cpu_ms_per_call_s_{key}", server.kind, cpu * 1000 / (count * plan.media_seconds)
+            )
+            results.add(f"rtt_p50_ms_{key}", server.kind, pct(rtts, 50) * 1000)
+            results.add(f"rtt_p99_ms_{key}", server.kind, pct(rtts, 99) * 1000)
+            results.add(f"lost_reordered_corrupted_frames_{key}", server.kind,
+                        sum(c.lost + c.reordered + c.corrupted for c in calls))  # fmt: skip
+            if mode == "pipecat" and count == 10:
+                results.rtt_samples[server.kind.name] = [r * 1000 for r in rtts]
+
+
+async def drain_accuracy(kind: Kind, results: Results) -> None:
+    async with running(kind, env={"SHUTDOWN_TIMEOUT": "1"}) as server:
+        async with httpx.AsyncClient(timeout=30) as client, trio.open_nursery() as nursery:
+
+            async def forever() -> None:
+                try:
+                    await client.post(f"{server.url}/bot", json={"mode": "forever"})
+                except httpx.HTTPError:
+                    pass
+
+            nursery.start_soon(forever)
+            await trio.sleep(0.5)
+            took = await server.stop()
+        results.add("drain_exit_minus_shutdown_timeout_s", kind, took - 1.0)
+
+
+async def capacity(kind: Kind, plan: Plan, results: Results) -> None:
+    best = 0
+    async with running(kind, cpu=0) as server:
+        ws_url = server.url.replace("http://", "ws://") + "/ws"
+        for count in plan.capacity_ladder:
+            calls = await load.calls(ws_url, "pipecat", count, plan.capacity_seconds)
+            if pct([r for c in calls for r in c.rtts], 99) >= CALL_P99_BUDGET:
+                break
+            best = count
+    results.add("capacity_calls_p99_under_20ms_one_core", kind, best)
+
+
+async def run_all(plan: Plan) -> Results:
+    results = Results()
+    if len(os.sched_getaffinity(0)) > 1 and plan.capacity_ladder:
+        # Keep the load generator off the core the server is pinned to in the capacity runs.
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
+    for _ in range(plan.runs):
+        for kind in KINDS:  # alternate: ours, baseline, ours, ...
+            with tempfile.TemporaryDirectory() as tmp:
+                entry_log = Path(tmp) / "entries"
+                entry_log.touch()
+                async with running(kind, env={"BENCH_ENTRY_LOG": str(entry_log)}) as server:
+                    results.add("startup_s", kind, server.startup_seconds)
+                    await memory(server, plan, results)
+                    await session_starts(server, plan, entry_log, results)
+                    await media(server, plan, results)
+                    await trio.sleep(0.5)  # let the last sessions finish: this stop is idle
+                    results.add("idle_shutdown_s", kind, await server.stop())
+            await drain_accuracy(kind, results)
+            if plan.capacity_ladder:
+                await capacity(kind, plan, results)
+    return results
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

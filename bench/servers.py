@@ -1,0 +1,108 @@
+"""Starting the two servers as child processes, and reading their CPU time and memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_BOT = str(ROOT / "bench" / "bots" / "bench_bot.py")
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    module: str
+
+
+OURS = Kind("pipecat-base", "pipecat_base")
+BASELINE = Kind("baseline", "bench.baseline")
+KINDS = (OURS, BASELINE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Server:
+    kind: Kind
+    process: trio.Process
+    url: str
+    startup_seconds: float
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def stop(self) -> float:
+        """SIGTERM; the seconds until the process exited."""
+        sent = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(60):
+            await self.process.wait()
+        return time.monotonic() - sent
+
+
+@asynccontextmanager
+async def running(
+    kind: Kind, bot: str = BENCH_BOT, *, env: dict[str, str] | None = None, cpu: int | None = None
+) -> AsyncIterator[Server]:
+    """A server of ``kind`` on a free port, ready (``/livez`` 200) when yielded."""
+    port = free_port()
+    argv = [sys.executable, "-m", kind.module]
+    argv += ["serve", bot] if kind is OURS else [bot, "--port", str(port)]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    # Memory release between sessions (gc + malloc_trim, tens of ms per session) is off: the
+    # baseline has none, and the comparison is of the serving stack (see bench/NOTES.md).
+    child_env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1",
+                 "PIPECAT_LOG_LEVEL": "WARNING", "PCC_RELEASE_SESSION_MEMORY": "false",
+                 "PYTHONPATH": str(ROOT), **(env or {})}  # fmt: skip
+    started = time.monotonic()
+    process = await trio.lowlevel.open_process(
+        argv, env=child_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            with trio.fail_after(60):
+                while True:  # readiness is what is measured: poll /livez
+                    try:
+                        if (await client.get(f"{url}/livez")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.01)
+        yield Server(kind, process, url, time.monotonic() - started)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

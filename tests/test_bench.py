@@ -1,0 +1,50 @@
+"""The benchmark harness's quick mode, so it cannot rot (the full run is not part of CI)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from .conftest import needs_pipecat
+
+ROOT = Path(__file__).parent.parent
+
+
+@needs_pipecat
+@pytest.mark.slow
+async def test_quick_benchmark_runs_both_servers_and_writes_the_report(tmp_path):
+    out = tmp_path / "benchmarks.md"
+    result = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--out",
+            str(out),
+            "--img-dir",
+            str(tmp_path / "img"),
+        ],
+        cwd=ROOT,
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    assert result.returncode == 0
+    report = out.read_text()
+    match = re.search(r"^cpu-ratio-media-10-calls: (\d+\.\d+)$", report, re.MULTILINE)
+    assert match
+    assert float(match.group(1)) > 0
+    for metric in ("bot_entry_seq_p50_ms", "ping_pong_rtt_p50_ms", "cpu_ms_per_call_s_pipecat_10",
+                   "idle_rss_mib", "idle_shutdown_s", "drain_exit_minus_shutdown_timeout_s",
+                   "startup_s"):  # fmt: skip
+        row = next(line for line in report.splitlines() if f"`{metric}`" in line)
+        ours, baseline = (cell.strip() for cell in row.split("|")[2:4])
+        assert "n/a" not in (ours, baseline), row
+    lost = [line for line in report.splitlines() if "lost_reordered_corrupted" in line]
+    assert lost
+    assert all(line.split("|")[2].strip() == "0" for line in lost)
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == ["cpu.png", "rss.png", "rtt.png"]
