@@ -2,8 +2,9 @@
 
 Startup runs in this order, each step visible here:
 
-1. install the early SIGTERM guard (a SIGTERM from here on exits 0 at once), and put the
-   agent's environment (``PIPECAT_BOT_VENV``) first on ``sys.path`` (see `bot_env`);
+1. install the early SIGTERM guard (a SIGTERM from here on exits 0 at once), put the agent's
+   environment (``PIPECAT_BOT_VENV``) first on ``sys.path`` (see `bot_env`), and import
+   trio_asyncio, whose asyncio patches must precede every import of pipecat;
 2. parse every setting (a bad value: one line on stderr, exit 2);
 3. check pipecat-ai (`compat`: refusal exits 78), import the bot module (no ``bot``: one line,
    exit 1; the module raising: its traceback, exit 1), then check the session types (78);
@@ -35,6 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import bot_env
 
     bot_paths = bot_env.activate(os.environ.get(bot_env.ENV_VAR))
+
+    # trio_asyncio patches asyncio's loop lookup (get_running_loop, current_task, ...). It must
+    # be imported before pipecat or anything else that captures those functions at import:
+    # pipecat's wait_for2 (Python < 3.12) does, and the compatibility check below imports
+    # pipecat. Imported later, every pipeline fails with "no running event loop".
+    import trio_asyncio  # noqa: F401
 
     parser = argparse.ArgumentParser(prog="pipecat-base", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -169,6 +169,15 @@ async def test_unusable_bot_module_fails_startup_with_a_clear_message(bot, expec
     assert "Traceback" not in server.text
 
 
+async def test_trio_asyncio_is_imported_before_pipecat():
+    # pipecat's wait_for2 (Python < 3.12) captures asyncio.get_running_loop at import; if pipecat
+    # is imported (by the compatibility check) before trio_asyncio patches it, every pipeline
+    # fails with "no running event loop". Found on 3.11 only; this checks the order everywhere.
+    async with server_process(BOTS / "import_order_bot.py") as server:
+        server.signal()
+    assert "IMPORT ORDER OK" in server.text
+
+
 async def test_console_script_runs_the_same_cli():
     script = Path(sys.executable).parent / "pipecat-base"
     result = await trio.run_process([str(script), "serve", "--help"], capture_stdout=True)
