@@ -12,9 +12,12 @@ connection for its whole life.
   ``asyncio.Queue``. Credits (a ``trio.Semaphore`` the asyncio side releases as it takes
   events) bound how far reading runs ahead, so a bot that stops reading applies backpressure to
   the socket instead of buffering without limit.
-* **asyncio → trio** (`_pump_out`): the asyncio ``send`` puts ``(message, future)`` on a trio
-  channel and awaits the future; the pump sends in order and resolves each future with the
-  outcome, so the sender waits exactly as long as the real send takes.
+* **asyncio → trio** (`_pump_out`): the asyncio ``send`` puts the message on a trio channel
+  and the pump sends in order. While fewer than `SEND_CREDITS` messages are in flight, ``send``
+  returns as soon as its message is queued -- no round trip back to asyncio per message; past
+  that it waits (with a future the pump resolves) until its own message is sent, which is the
+  backpressure. As with any buffered socket, a failed send surfaces as ``OSError`` on the next
+  ``send``.
 
 Calling trio's synchronous APIs (``send_nowait``, ``Semaphore.release``) from asyncio code is
 safe here: trio-asyncio runs asyncio callbacks inside a trio task on the same thread. Resolving
@@ -37,6 +40,10 @@ Send = Callable[[Message], Awaitable[None]]
 
 # How many received events may wait for the asyncio side before reading pauses.
 RECEIVE_CREDITS = 32
+# How many sent messages may be queued before a sender waits for its own to go out.
+SEND_CREDITS = 32
+# How long leaving a bridge may take to send what is still queued.
+FLUSH_TIMEOUT = 1.0
 
 _DISCONNECTS = frozenset({"websocket.disconnect", "http.disconnect"})
 
@@ -49,8 +56,11 @@ class AsgiBridge:
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._credits = trio.Semaphore(RECEIVE_CREDITS)
         self._outbox, self._outbox_out = trio.open_memory_channel[
-            tuple[Message, asyncio.Future[None]]
+            tuple[Message, "asyncio.Future[None] | None"]
         ](math.inf)
+        self._send_credits = trio.Semaphore(SEND_CREDITS)
+        self._send_error: OSError | None = None
+        self._flushed = trio.Event()
         self.disconnected = trio.Event()
         """Set when the peer's disconnect event has been read (and handed to asyncio)."""
 
@@ -61,13 +71,20 @@ class AsgiBridge:
         return event
 
     async def send(self, message: Message) -> None:
-        """asyncio side: send one ASGI message; raises OSError once the connection is gone."""
-        future: asyncio.Future[None] = self._loop.create_future()
+        """asyncio side: send one ASGI message, in order; OSError once the connection is gone."""
+        if self._send_error is not None:
+            raise self._send_error
+        future: asyncio.Future[None] | None = None
+        try:
+            self._send_credits.acquire_nowait()
+        except trio.WouldBlock:
+            future = self._loop.create_future()
         try:
             self._outbox.send_nowait((message, future))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise OSError("the connection is closed") from None
-        await future
+        if future is not None:
+            await future
 
     async def _pump_in(self, receive: Receive) -> None:
         while True:
@@ -82,14 +99,19 @@ class AsgiBridge:
         try:
             async for message, future in self._outbox_out:
                 try:
-                    await send(message)
-                except Exception as exc:  # handed to the asyncio sender, which decides
-                    if not future.done():
-                        future.set_exception(OSError(f"send failed: {exc!r}"))
-                else:
-                    if not future.done():
+                    if self._send_error is None:
+                        await send(message)
+                except Exception as exc:  # handed to the asyncio side, which decides
+                    self._send_error = OSError(f"send failed: {exc!r}")
+                if future is None:
+                    self._send_credits.release()
+                elif not future.done():
+                    if self._send_error is not None:
+                        future.set_exception(self._send_error)
+                    else:
                         future.set_result(None)
         finally:
+            self._flushed.set()
             # Senders still waiting when the connection ends must not wait forever.
             self._outbox.close()
             while True:
@@ -97,7 +119,7 @@ class AsgiBridge:
                     _, future = self._outbox_out.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_exception(OSError("the connection is closed"))
 
 
@@ -107,7 +129,8 @@ async def open_asgi_bridge(
 ) -> AsyncIterator[AsgiBridge]:
     """Pump the trio-side ``receive``/``send`` for as long as the block runs.
 
-    Leaving the block stops both pumps; asyncio senders still waiting get ``OSError``.
+    Leaving the block sends what is still queued (for at most `FLUSH_TIMEOUT`), then stops both
+    pumps; asyncio senders still waiting get ``OSError``.
     """
     bridge = AsgiBridge(loop)
     async with trio.open_nursery() as nursery:
@@ -116,4 +139,9 @@ async def open_asgi_bridge(
         try:
             yield bridge
         finally:
+            # send() returns once a message is queued: what an app sent just before returning
+            # (a response body, a bot's last frames) must still go out.
+            with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):
+                bridge._outbox.close()
+                await bridge._flushed.wait()
             nursery.cancel_scope.cancel()
