@@ -129,7 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info(features_module.summary(detected))
     if any(f.name == features_module.OBSERVERS and f.available for f in detected):
         register_setup_file(observers_setup_path())
-    server = Server(settings, bot_module, on_shutdown=guard.absorb, attribution=attribution)
+    server = Server(
+        settings,
+        bot_module,
+        on_shutdown=guard.absorb,
+        attribution=attribution,
+        features=detected,
+    )
     trio.run(server.run)
     guard.absorb()
     if capture is not None:

@@ -95,10 +95,6 @@ class SessionHandle:
         """The server has begun stopping this session (budget, shutdown, stop-by-id)."""
         return self._scope.cancel_called
 
-    @property
-    def stop_reason(self) -> str | None:
-        return self._stop[0] if self._stop else None
-
     def stop(self, reason: str, outcome: Outcome = Outcome.STOPPED) -> bool:
         """Cancel the session with ``reason``; False if it had ended or was already stopping."""
         if self._ended.is_set() or self._stop is not None:
@@ -158,7 +154,6 @@ class SessionSupervisor:
         self._draining = False
         self._idle = trio.Event()
         self._idle.set()
-        self.leaked_tasks_reaped = 0
         self._last_start: tuple[float, str | None] | None = None
         install_task_factory(loop)
 
@@ -176,10 +171,6 @@ class SessionSupervisor:
     @property
     def at_capacity(self) -> bool:
         return self._max_sessions is not None and len(self._sessions) >= self._max_sessions
-
-    @property
-    def active_sessions(self) -> int:
-        return len(self._sessions)
 
     @property
     def abandoned_sessions(self) -> list[str]:
@@ -359,7 +350,6 @@ class SessionSupervisor:
         if not leftovers:
             return
         reaped = await reap(leftovers, grace=self._cancel_grace)
-        self.leaked_tasks_reaped += len(leftovers)
         self.metrics.tasks_reaped(len(leftovers))
         parts = []
         if reaped.cancelled:

@@ -44,7 +44,7 @@ from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
 from .capabilities import build_document
 from .config import Settings
-from .features import CAPABILITIES
+from .features import CAPABILITIES, Feature
 from .features import detect as detect_features
 from .loader import BotModule
 from .memory import parse_switch
@@ -67,12 +67,16 @@ class Server:
         *,
         on_shutdown: Callable[[], None] | None = None,
         attribution: Attribution | None = None,
+        features: list[Feature] | None = None,
     ) -> None:
         """Args:
         settings: The parsed settings.
         bot_module: The loaded bot.
         on_shutdown: Called once when the shutdown sequence begins (the CLI uses it to
             absorb the late SIGTERMs a process manager may still send while we drain).
+        attribution: Shared with the output capture when the structured lane is on.
+        features: What the image can serve, detected once at startup (`features.detect` when
+            omitted); ``/pcc/capabilities`` reports from it.
         """
         self.settings = settings
         self.bot_module = bot_module
@@ -83,7 +87,7 @@ class Server:
         self.capabilities: bytes | None = None
         try:
             self.capabilities = build_document(
-                f for f in detect_features() if f.name in CAPABILITIES
+                f for f in (features or detect_features()) if f.name in CAPABILITIES
             )
         except Exception as exc:  # the server serves without it; the path answers 404
             logger.warning(f"Not reporting capabilities: {exc}")

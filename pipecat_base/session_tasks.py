@@ -47,7 +47,7 @@ class SessionTasks:
         self._tasks.add(task)
 
     def pending(self, *, exclude: asyncio.Task[Any] | None = None) -> list[asyncio.Task[Any]]:
-        """Tasks of this session that have not finished, oldest first where known."""
+        """Tasks of this session that have not finished."""
         return [t for t in list(self._tasks) if not t.done() and t is not exclude]
 
     @contextmanager
@@ -117,9 +117,6 @@ class Reaped:
 
     cancelled: list[str]
     abandoned: list[str]
-
-    def __bool__(self) -> bool:
-        return bool(self.cancelled or self.abandoned)
 
 
 def describe(task: asyncio.Task[Any]) -> str:

@@ -77,9 +77,9 @@ def test_dockerfile_states_the_rules_the_image_depends_on():
         "org.opencontainers.image.title=",
     ):
         assert label in labels
-    assert "COPY pipecat_base ./pipecat_base" in instruction("COPY") or any(
-        c.startswith("pipecat_base ") for c in instruction("COPY")
-    )
+    copies = instruction("COPY")
+    assert "pipecat_base ./pipecat_base" in copies
+    assert "pipecatcloud_system ./pipecatcloud_system" in copies
     assert instruction("WORKDIR")[-1] == "/app"
 
 

@@ -52,7 +52,8 @@ async def test_task_left_running_is_cancelled_and_named(make_supervisor, logs, a
         "Session left 1 asyncio task(s) running: cancelled leaky-worker "
         "(leaky_bot.<locals>.background)"
     )
-    assert sup.leaked_tasks_reaped == 1
+    reaped = sup.metrics.registry.get_sample_value("pipecat_base_leaked_tasks_reaped_total")
+    assert reaped == 1
     # The warning comes before the session's stop line.
     messages = logs.messages()
     assert messages.index(warning[2]) < messages.index(
