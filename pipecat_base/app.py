@@ -8,6 +8,9 @@ Routes translate requests into sessions and outcomes into responses; they own no
 * ``WS /ws`` -- accept, then run a session whose bot gets a genuine Starlette ``WebSocket``
   (`websocket`); the caller hanging up reaches the bot as ``websocket.disconnect``, and a bot
   that does not end within ``CLIENT_DISCONNECT_GRACE`` is stopped.
+* ``POST /api/offer``, ``PATCH /api/offer`` -- SmallWebRTC offers and trickled ICE
+  candidates (`webrtc`); a ``/bot`` with transport ``webrtc`` waits for its offer.
+* ``POST /whatsapp`` -- WhatsApp call webhooks (`whatsapp`).
 * ``GET|HEAD /pcc/capabilities`` -- what this image can serve (`capabilities`).
 * ``GET /metrics`` -- Prometheus text (`metrics`).
 * ``GET /livez`` -- the process serves.
@@ -38,12 +41,21 @@ from .nursery import (
 )
 from .session_args import http_session_args, websocket_session_args
 from .watchdog import StallStats
+from .webrtc import (
+    OFFER_PATH,
+    AlreadyWaiting,
+    NotWaiting,
+    SmallWebRTC,
+    parse_offer,
+    parse_patch,
+)
 from .websocket import (
     AsgiWebsocket,
     DirectWebsocketConnection,
     StarletteSocket,
     open_starlette_websocket,
 )
+from .whatsapp import SIGNATURE_HEADER, WHATSAPP_PATH, WhatsApp
 
 # How long a refused platform should wait before placing the session elsewhere or here again.
 RETRY_AFTER_SECONDS = 1
@@ -65,6 +77,8 @@ def create_app(
     user_readyz: Callable[[], Any] | None = None,
     stall_stats: Callable[[], StallStats] | None = None,
     capabilities: bytes | None = None,
+    webrtc: SmallWebRTC | None = None,
+    whatsapp: WhatsApp | None = None,
 ) -> QuartTrio:
     """Build the app serving ``supervisor``'s sessions.
 
@@ -76,6 +90,9 @@ def create_app(
         stall_stats: The loop-stall watchdog's counts, for ``/readyz``.
         capabilities: The capability document (`capabilities`), or None when it could not be
             built: ``/pcc/capabilities`` then answers 404 to every method.
+        webrtc: SmallWebRTC support (`webrtc`): ``/bot`` with transport ``webrtc`` waits for
+            the peer, and ``/api/offer`` is served. None: neither.
+        whatsapp: WhatsApp calls (`whatsapp`): ``POST /whatsapp`` is served. None: it is not.
     """
     settings = settings or load_settings({})
     app = QuartTrio("pipecat_base")
@@ -103,12 +120,11 @@ def create_app(
         transport = headers.get(inputs.TRANSPORT_TYPE_HEADER)
         if transport:
             logger.debug(f"Transport type: {transport}")
-        args = http_session_args(
-            session_id,
-            body,
-            room_url=headers.get(inputs.ROOM_URL_HEADER),
-            token=headers.get(inputs.ROOM_TOKEN_HEADER),
-        )
+        room_url = headers.get(inputs.ROOM_URL_HEADER)
+        token = headers.get(inputs.ROOM_TOKEN_HEADER)
+        if transport == "webrtc" and webrtc is not None and not (room_url and token):
+            return await wait_for_webrtc(session_id, body, flow_config, budget)
+        args = http_session_args(session_id, body, room_url=room_url, token=token)
         args.flow_config = flow_config
         try:
             handle = await supervisor.start(SessionSpec(session_id, args, budget))
@@ -116,6 +132,89 @@ def create_app(
             return _refused(exc)
         await handle.wait()
         return jsonify({})
+
+    async def wait_for_webrtc(
+        session_id: str | None, body: Any, flow_config: str | None, budget: float | None
+    ) -> Any:
+        assert webrtc is not None
+        try:
+            with webrtc.pending.waiting(session_id, body, flow_config) as pending:
+                spec = SessionSpec(
+                    session_id, None, budget, connect=lambda: webrtc.connect(pending)
+                )
+                handle = await supervisor.start(spec)
+                await handle.wait()
+        except AlreadyWaiting as exc:
+            return jsonify({"detail": str(exc)}), 409
+        except SessionRefused as exc:
+            return _refused(exc)
+        if handle.failure is not None:
+            return jsonify({"detail": str(handle.failure)}), handle.failure.status
+        return jsonify({})
+
+    if webrtc is not None:
+
+        @app.post(OFFER_PATH)
+        async def webrtc_offer() -> Any:
+            session_id = request.headers.get(inputs.SESSION_ID_HEADER)
+            try:
+                offer = parse_offer(await request.get_data())
+            except BadInput as exc:
+                return jsonify({"detail": str(exc)}), 400
+            if webrtc.pending.find(session_id) is None and not offer.pc_id:
+                # The offer will need a session of its own: refuse before building a peer.
+                refusal = supervisor.admission_error()
+                if refusal is not None:
+                    return _refused(refusal)
+            with session_context(session_id):
+                try:
+                    answer, connection = await webrtc.answer(offer)
+                    if connection is not None:
+                        budget = session_budget(request.headers)
+                        await webrtc.hand_over(
+                            supervisor, session_id, connection, offer.request_data, budget
+                        )
+                except BadInput as exc:
+                    return jsonify({"detail": str(exc)}), 400
+                except NotWaiting as exc:
+                    return jsonify({"detail": str(exc)}), 409
+                except SessionRefused as exc:
+                    return _refused(exc)
+            return jsonify(answer)
+
+        @app.route(OFFER_PATH, methods=["PATCH"])
+        async def webrtc_patch() -> Any:
+            try:
+                patch = parse_patch(await request.get_data())
+                logger.debug(
+                    f"Received patch request: pc_id={patch.pc_id}, "
+                    f"{len(patch.candidates)} candidate(s)"
+                )
+                await webrtc.patch(patch)
+            except BadInput as exc:
+                return jsonify({"detail": str(exc)}), 400
+            except LookupError as exc:
+                return jsonify({"detail": str(exc)}), 404
+            return jsonify({"status": "success"})
+
+    if whatsapp is not None:
+
+        @app.post(WHATSAPP_PATH)
+        async def whatsapp_webhook() -> Any:
+            session_id = request.headers.get(inputs.SESSION_ID_HEADER)
+            with session_context(session_id):
+                try:
+                    answer, status = await whatsapp.webhook(
+                        supervisor,
+                        session_id,
+                        await request.get_data(),
+                        request.headers.get(SIGNATURE_HEADER),
+                    )
+                except NotWaiting as exc:
+                    return jsonify({"detail": str(exc)}), 409
+                except SessionRefused as exc:
+                    return _refused(exc)
+            return jsonify(answer), status
 
     @app.websocket("/ws")
     async def ws_session() -> Any:

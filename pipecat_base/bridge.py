@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 import trio_asyncio
@@ -42,6 +42,8 @@ from loguru import logger
 # the first cancel already had the whole grace period; this only catches bots that swallow
 # exactly one CancelledError.
 SECOND_CANCEL_WINDOW = 0.5
+
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -137,6 +139,23 @@ async def wait_task(task: asyncio.Task[Any], *, cancel_grace: float) -> None:
             else:
                 forget_task(task)
         raise
+
+
+async def run_aio(
+    loop: asyncio.AbstractEventLoop,
+    fn: Callable[..., Coroutine[Any, Any, T]],
+    *args: Any,
+    cancel_grace: float = 1.0,
+) -> T:
+    """Run ``fn(*args)`` as a task on the asyncio ``loop`` and return its result.
+
+    For the server's own calls into asyncio libraries (pipecat's WebRTC handler, aiohttp); a
+    cancellation of the caller reaches the task through `wait_task`'s bounded protocol. The
+    task is created in the caller's context, so it logs with the caller's session id.
+    """
+    task = loop.create_task(fn(*args))
+    await wait_task(task, cancel_grace=cancel_grace)
+    return task.result()
 
 
 def forget_task(task: asyncio.Task[Any]) -> None:

@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info(f"Session arguments from {types_from}")
     from . import features as features_module
 
-    detected = features_module.detect()
+    detected = features_module.detect(settings=settings)
     if settings.log_features_summary.strip().lower() == "true":
         logger.info(features_module.summary(detected))
     if any(f.name == features_module.OBSERVERS and f.available for f in detected):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -51,12 +51,27 @@ class Settings(BaseSettings):
     token_refresher_dir: str = Field(
         "/var/run/token-refresher", validation_alias="PCC_TOKEN_REFRESHER_DIR"
     )
+    # SmallWebRTC (`webrtc`).
+    ice_config_url: str = Field(
+        "http://localhost:9090/ice-servers", validation_alias="ICE_CONFIG_URL"
+    )
+    webrtc_connection_timeout: float = Field(
+        120.0, gt=0, validation_alias="WEBRTC_CONNECTION_TIMEOUT"
+    )
+    esp32_enabled: bool = Field(False, validation_alias="ESP32_ENABLED")
+    esp32_host: str | None = Field(None, validation_alias="ESP32_HOST")
+    # WhatsApp (`whatsapp`). Secrets stay SecretStr so no repr or log line can show them.
+    whatsapp_token: SecretStr | None = Field(None, validation_alias="WHATSAPP_TOKEN")
+    whatsapp_phone_number_id: str | None = Field(None, validation_alias="WHATSAPP_PHONE_NUMBER_ID")
+    whatsapp_app_secret: SecretStr | None = Field(None, validation_alias="WHATSAPP_APP_SECRET")
+    whatsapp_graph_api_url: str | None = Field(None, validation_alias="WHATSAPP_GRAPH_API_URL")
 
     @field_validator(
         "shutdown_timeout",
         "session_cancel_grace",
         "client_disconnect_grace",
         "loop_stall_warning",
+        "webrtc_connection_timeout",
     )
     @classmethod
     def _finite(cls, value: float) -> float:

@@ -36,27 +36,90 @@ def _observers(find_spec: Callable[[str], Any]) -> Feature:
         "pipecat.observers.startup_timing_observer",
         "pipecat.observers.user_bot_latency_observer",
     ):
-        try:
-            found = find_spec(module) is not None
-        except ModuleNotFoundError:  # its parent package is missing
-            found = False
-        if not found:
+        if not _found(find_spec, module):
             return Feature(OBSERVERS, False, f"No module named '{module}' (pipecat-ai < 0.0.104)")
     return Feature(OBSERVERS, True)
 
 
-def detect(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> list[Feature]:
-    """The image's features, in a stable order. Modules are looked up, never imported."""
+WEBRTC = "transport.webrtc"
+WHATSAPP = "whatsapp"
+WEBRTC_MODULES = ("aiortc", "pipecat.transports.smallwebrtc.request_handler")
+WHATSAPP_MODULE = "pipecat.transports.whatsapp.client"
+WHATSAPP_SETTINGS = {
+    "WHATSAPP_TOKEN": "whatsapp_token",
+    "WHATSAPP_PHONE_NUMBER_ID": "whatsapp_phone_number_id",
+    "WHATSAPP_APP_SECRET": "whatsapp_app_secret",
+}
+
+
+def _found(find_spec: Callable[[str], Any], module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def _webrtc(find_spec: Callable[[str], Any], webrtc_type: Callable[[], Any]) -> Feature:
+    for module in WEBRTC_MODULES:
+        if not _found(find_spec, module):
+            return Feature(
+                WEBRTC,
+                False,
+                f"No module named '{module}' (needs pipecat-ai with the webrtc extra)",
+            )
+    if webrtc_type() is None:
+        return Feature(
+            WEBRTC, False, "pipecatcloud.agent has no SmallWebRTCSessionArguments (pipecatcloud)"
+        )
+    return Feature(WEBRTC, True)
+
+
+def _whatsapp(find_spec: Callable[[str], Any], webrtc: Feature, settings: Any) -> Feature:
+    if not webrtc.available:
+        return Feature(WHATSAPP, False, "Requires SmallWebRTC (transport.webrtc) to be enabled")
+    if not _found(find_spec, WHATSAPP_MODULE):
+        return Feature(WHATSAPP, False, f"No module named '{WHATSAPP_MODULE}'")
+    missing = [env for env, field in WHATSAPP_SETTINGS.items() if not getattr(settings, field)]
+    if missing:
+        return Feature(WHATSAPP, False, f"Missing environment variables: {', '.join(missing)}")
+    return Feature(WHATSAPP, True)
+
+
+def detect(
+    find_spec: Callable[[str], Any] = importlib.util.find_spec,
+    *,
+    settings: Any = None,
+    webrtc_type: Callable[[], Any] | None = None,
+) -> list[Feature]:
+    """The image's features, in a stable order. Modules are looked up, never imported.
+
+    Args:
+        find_spec: How modules are looked up (tests pass a fake).
+        settings: The server's `config.Settings` (WhatsApp needs its three variables); the
+            process environment's when omitted.
+        webrtc_type: Returns pipecatcloud's SmallWebRTC session type or None
+            (`session_args.webrtc_session_type` when omitted).
+    """
+    if settings is None:
+        from .config import load_settings
+
+        settings = load_settings()
+    if webrtc_type is None:
+        from .session_args import webrtc_session_type as webrtc_type
+    webrtc = _webrtc(find_spec, webrtc_type)
     return [
         _observers(find_spec),
         # Daily sessions reach the bot as a room URL and token; joining needs daily-python.
         _module_feature("transport.daily", "daily", find_spec),
         Feature("transport.websocket", True),
-        Feature(
-            "transport.webrtc", False, "SmallWebRTC sessions are not served by this server yet"
-        ),
-        Feature("whatsapp", False, "WhatsApp webhooks are not served by this server yet"),
+        webrtc,
+        _whatsapp(find_spec, webrtc, settings),
     ]
+
+
+def enabled(features: list[Feature], name: str) -> bool:
+    """Whether ``name`` is among ``features`` and available."""
+    return any(f.name == name and f.available for f in features)
 
 
 def summary(features: list[Feature]) -> str:

@@ -1,7 +1,7 @@
 """`SessionSupervisor`: the only place sessions live.
 
 Every session is a task in the supervisor's nursery, started with the ``nursery.start``
-handshake: the route gets a `SessionHandle` once ``bot()`` is running and awaits its outcome.
+handshake: the route gets a `SessionHandle` once the session runs and awaits its outcome.
 Each session has its own cancel scope, which expresses all the ways it can be stopped:
 
 * its budget is the scope's deadline;
@@ -23,6 +23,7 @@ import asyncio
 import enum
 import json
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +48,23 @@ class Outcome(str, enum.Enum):
     CLIENT_DISCONNECTED = "client_disconnected"
     STOPPED = "stopped"
     ABANDONED = "abandoned"
+    NO_CONNECTION = "no_connection"
 
 
 class SessionRefused(Exception):
     """The supervisor did not start the session; `str()` is the reason for the caller."""
+
+
+class ConnectionNeverArrived(Exception):
+    """The session's transport connection did not arrive, or failed to; its bot never ran.
+
+    Raised by a `SessionSpec.connect` context manager (already logged there); the session ends
+    with `Outcome.NO_CONNECTION` and the route answers ``status`` with ``str()`` as the detail.
+    """
+
+    def __init__(self, message: str, *, status: int = 504) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Draining(SessionRefused):
@@ -68,12 +82,19 @@ class SessionSpec:
     Attributes:
         session_id: The platform's session id (``X-Daily-Session-Id``), or None.
         args: The object handed to ``bot(args)``.
-        budget: Seconds the bot may run (``X-PCC-Max-Session-Seconds``), or None for no bound.
+        budget: Seconds the session may last (``X-PCC-Max-Session-Seconds``), or None for no
+            bound. Counted from the start, including any wait for the connection.
+        connect: For transports whose connection arrives after the session started
+            (SmallWebRTC): an async context manager factory that waits for the connection and
+            yields the bot's arguments (``args`` is then unused). It is entered inside the
+            session's cancel scope, so the budget and stops apply to the wait, and exited
+            after the bot ended (to release the connection).
     """
 
     session_id: str | None
     args: Any
     budget: float | None = None
+    connect: Callable[[], AbstractAsyncContextManager[Any]] | None = None
 
 
 class SessionHandle:
@@ -82,6 +103,8 @@ class SessionHandle:
     def __init__(self, spec: SessionSpec) -> None:
         self.spec = spec
         self.outcome: Outcome | None = None
+        # Why the connection never arrived, when the outcome is NO_CONNECTION.
+        self.failure: ConnectionNeverArrived | None = None
         self._stop: tuple[str, Outcome] | None = None
         self._scope = trio.CancelScope()
         self._ended = trio.Event()
@@ -180,7 +203,8 @@ class SessionSupervisor:
     # -- starting and stopping -------------------------------------------------------------
 
     async def start(self, spec: SessionSpec) -> SessionHandle:
-        """Start a session and return its handle once ``bot()`` is running.
+        """Start a session and return its handle once it runs (``bot()`` started, or its
+        connection awaited: `SessionSpec.connect`).
 
         Raises:
             Draining: the server is shutting down.
@@ -270,18 +294,22 @@ class SessionSupervisor:
             task: asyncio.Task[Any] | None = None
             tasks = SessionTasks(spec.session_id)
             outside_cancel = False
+            connect = spec.connect or (lambda: nullcontext(spec.args))
             try:
-                # Created inside the session's log context and task ownership: the task copies
-                # both, so the asyncio side logs with this session's id and every task it
-                # creates is known to belong to this session.
-                with tasks.owning():
-                    task = self._loop.create_task(self._bot(spec.args))
                 task_status.started(handle)
                 with handle._scope:
-                    await wait_task(task, cancel_grace=self._cancel_grace)
+                    async with connect() as args:
+                        # Created inside the session's log context and task ownership: the
+                        # task copies both, so the asyncio side logs with this session's id
+                        # and every task it creates is known to belong to this session.
+                        with tasks.owning():
+                            task = self._loop.create_task(self._bot(args))
+                        await wait_task(task, cancel_grace=self._cancel_grace)
             except trio.Cancelled:
                 outside_cancel = True  # the whole supervisor is being torn down
                 raise
+            except ConnectionNeverArrived as exc:
+                handle.failure = exc
             except Exception as exc:  # our own failure to start the task; the server lives on
                 logger.opt(exception=exc).error(f"Exception running bot(): {exc}")
             finally:
@@ -322,6 +350,8 @@ class SessionSupervisor:
             return Outcome.BUDGET
         if outside_cancel:
             return Outcome.SHUTDOWN
+        if handle.failure is not None:
+            return Outcome.NO_CONNECTION
         if task is None or task.cancelled() or task.exception() is not None:
             return Outcome.ERROR
         return Outcome.COMPLETED

@@ -4,6 +4,7 @@ Nesting, outermost first -- each layer outlives what it contains::
 
     open_bridge_loop()                    the process' asyncio loop (bots run on it)
      open_app_lifespan()                  the Session API app's lifespan (pipecatcloud_system)
+      _open_transports()                  SmallWebRTC and WhatsApp, when enabled
       session nursery                     SessionSupervisor: every session
         control nursery
           signal watcher                  SIGTERM/SIGINT -> request_shutdown()
@@ -30,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 
 import hypercorn.trio
@@ -44,13 +45,15 @@ from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
 from .capabilities import build_document
 from .config import Settings
-from .features import CAPABILITIES, Feature
+from .features import CAPABILITIES, WEBRTC, WHATSAPP, Feature, enabled
 from .features import detect as detect_features
 from .loader import BotModule
 from .memory import parse_switch
 from .nursery import Outcome, SessionSupervisor
-from .session_api import Dispatcher, open_app_lifespan, shadowed_routes
+from .session_api import OWN_PATHS, Dispatcher, open_app_lifespan, shadowed_routes
 from .watchdog import LoopWatchdog
+from .webrtc import OFFER_PATH, SmallWebRTC
+from .whatsapp import WHATSAPP_PATH, WhatsApp
 
 # How long Hypercorn lets open connections finish once sessions are over: their responses are
 # ready by then, so this only bounds slow clients.
@@ -85,10 +88,9 @@ class Server:
         self.supervisor: SessionSupervisor | None = None
         self.watchdog: LoopWatchdog | None = None
         self.capabilities: bytes | None = None
+        self.features = features if features is not None else detect_features(settings=settings)
         try:
-            self.capabilities = build_document(
-                f for f in (features or detect_features()) if f.name in CAPABILITIES
-            )
+            self.capabilities = build_document(f for f in self.features if f.name in CAPABILITIES)
         except Exception as exc:  # the server serves without it; the path answers 404
             logger.warning(f"Not reporting capabilities: {exc}")
         self._shutdown_requested = trio.Event()
@@ -121,7 +123,8 @@ class Server:
         """Serve until shut down; ``task_status.started(binds)`` once the socket listens."""
         settings = self.settings
         user_app = load_session_api_app()
-        for path in shadowed_routes(user_app):
+        own_paths = self.own_paths()
+        for path in shadowed_routes(user_app, own_paths):
             logger.warning(
                 f"pipecatcloud_system.app defines {path}, which the server serves itself: the "
                 "server's route answers (for /readyz, define readyz() in the bot module)"
@@ -129,6 +132,7 @@ class Server:
         async with (
             open_bridge_loop() as loop,
             self._user_app_lifespan(loop, user_app),
+            self._open_transports(loop) as (webrtc, whatsapp),
             trio.open_nursery() as session_nursery,
         ):
             release_memory, memory_error = parse_switch(settings.release_session_memory)
@@ -159,6 +163,8 @@ class Server:
                 capabilities=self.capabilities,
                 user_readyz=self.bot_module.readyz,
                 stall_stats=lambda: self.watchdog.stats,  # type: ignore[union-attr]
+                webrtc=webrtc,
+                whatsapp=whatsapp,
             )
             async with trio.open_nursery() as control:
                 await control.start(self.watchdog.heartbeat)
@@ -170,6 +176,7 @@ class Server:
                     user_app,
                     loop,
                     cancel_grace=settings.session_cancel_grace,
+                    own_paths=own_paths,
                     draining=lambda: supervisor.draining,
                 )
                 binds = await control.start(self._serve_http, asgi)
@@ -180,6 +187,34 @@ class Server:
             logger.info("Server stopped")
         # Shutdown finished within its bound: the exit guard has nothing left to guard.
         self.watchdog.close()
+
+    def own_paths(self) -> frozenset[str]:
+        """The paths our app serves (the optional transports' only when they are enabled)."""
+        paths = set(OWN_PATHS)
+        if enabled(self.features, WEBRTC):
+            paths.add(OFFER_PATH)
+        if enabled(self.features, WHATSAPP):
+            paths.add(WHATSAPP_PATH)
+        return frozenset(paths)
+
+    @asynccontextmanager
+    async def _open_transports(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> AsyncIterator[tuple[SmallWebRTC | None, WhatsApp | None]]:
+        """SmallWebRTC and WhatsApp, when enabled, for the serving lifetime; their peers and
+        calls still open are closed once the sessions have ended."""
+        if not enabled(self.features, WEBRTC):
+            yield None, None
+            return
+        webrtc = SmallWebRTC(loop, self.settings)
+        try:
+            if enabled(self.features, WHATSAPP):
+                async with WhatsApp(loop, self.settings, webrtc).running() as whatsapp:
+                    yield webrtc, whatsapp
+            else:
+                yield webrtc, None
+        finally:
+            await webrtc.aclose()
 
     def _user_app_lifespan(
         self, loop: asyncio.AbstractEventLoop, user_app: object | None

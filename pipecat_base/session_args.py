@@ -100,3 +100,26 @@ def websocket_session_args(session_id: str | None, body: Any, websocket: Any) ->
     """Arguments for a ``WS /ws`` session, carrying a Starlette WebSocket."""
     _, _, ws_cls = _session_types()
     return _build(ws_cls, body=body, session_id=session_id, websocket=websocket)
+
+
+@functools.cache
+def webrtc_session_type() -> type | None:
+    """``pipecatcloud.agent.SmallWebRTCSessionArguments``, or None where it does not import.
+
+    There is no stand-in: a SmallWebRTC session needs pipecat's connection anyway.
+    """
+    try:
+        from pipecatcloud.agent import SmallWebRTCSessionArguments
+    except ImportError:
+        return None
+    return SmallWebRTCSessionArguments
+
+
+def webrtc_session_args(session_id: str | None, body: Any, connection: Any) -> Any:
+    """Arguments for a SmallWebRTC session, carrying pipecat's ``SmallWebRTCConnection``."""
+    cls = webrtc_session_type()
+    if cls is None:
+        raise RuntimeError(
+            "SmallWebRTC sessions need pipecatcloud.agent.SmallWebRTCSessionArguments"
+        )
+    return _build(cls, body=body, session_id=session_id, webrtc_connection=connection)

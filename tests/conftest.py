@@ -34,6 +34,7 @@ class Logs:
 
     records: list[tuple[str, str, str]] = field(default_factory=list)
     times: list[float] = field(default_factory=list)  # wall-clock timestamps of the records
+    _waiters: list[tuple[str, trio.Event, trio.lowlevel.TrioToken]] = field(default_factory=list)
 
     def sink(self, message: Any) -> None:
         r = message.record
@@ -42,6 +43,20 @@ class Logs:
         if r["exception"] is not None:
             text += "\n" + "".join(message.splitlines(keepends=True)[1:])
         self.records.append((r["level"].name, str(r["extra"].get("session_id")), text))
+        for fragment, event, token in self._waiters:
+            if fragment in text:
+                token.run_sync_soon(event.set)  # thread-safe: some records come from threads
+
+    async def wait_for(self, fragment: str) -> None:
+        """Return once a record containing ``fragment`` has been logged (bound it yourself)."""
+        event = trio.Event()
+        waiter = (fragment, event, trio.lowlevel.current_trio_token())
+        self._waiters.append(waiter)
+        try:
+            if not self.having(fragment):
+                await event.wait()
+        finally:
+            self._waiters.remove(waiter)
 
     def messages(self, level: str | None = None) -> list[str]:
         return [m for lv, _, m in self.records if level is None or lv == level]

@@ -12,6 +12,7 @@ from pipecat_base.app import create_app
 from pipecat_base.capabilities import CapabilityError, build_document, clean_text, validate
 from pipecat_base.features import CAPABILITIES, Feature, detect
 
+from .conftest import PIPECAT
 from .process import BOTS
 
 
@@ -25,16 +26,77 @@ def test_document_for_the_installed_packages():
         "capabilities": {
             "transport.daily": expected_daily,
             "transport.websocket": {"available": True},
-            "transport.webrtc": {
+            "transport.webrtc": {"available": True} if PIPECAT else {
                 "available": False,
-                "reason": "SmallWebRTC sessions are not served by this server yet",
+                "reason": "No module named 'aiortc' (needs pipecat-ai with the webrtc extra)",
             },
             "whatsapp": {
                 "available": False,
-                "reason": "WhatsApp webhooks are not served by this server yet",
+                "reason": "Missing environment variables: WHATSAPP_TOKEN, "
+                "WHATSAPP_PHONE_NUMBER_ID, WHATSAPP_APP_SECRET" if PIPECAT else
+                "Requires SmallWebRTC (transport.webrtc) to be enabled",
             },
         },
-    }
+    }  # fmt: skip
+
+
+def _settings(**env):
+    from pipecat_base.config import load_settings
+
+    return load_settings(env)
+
+
+def _finder(missing: set[str]):
+    return lambda name: None if name in missing else object()
+
+
+@pytest.mark.parametrize(
+    ("missing", "webrtc_type", "env", "webrtc", "whatsapp"),
+    [
+        (
+            set(),
+            object,
+            {"WHATSAPP_TOKEN": "t", "WHATSAPP_PHONE_NUMBER_ID": "1", "WHATSAPP_APP_SECRET": "s"},
+            None,
+            None,
+        ),
+        (
+            set(),
+            object,
+            {"WHATSAPP_TOKEN": "t"},
+            None,
+            "Missing environment variables: WHATSAPP_PHONE_NUMBER_ID, WHATSAPP_APP_SECRET",
+        ),
+        (
+            {"aiortc"},
+            object,
+            {},
+            "No module named 'aiortc' (needs pipecat-ai with the webrtc extra)",
+            "Requires SmallWebRTC (transport.webrtc) to be enabled",
+        ),
+        (
+            set(),
+            lambda: None,
+            {},
+            "pipecatcloud.agent has no SmallWebRTCSessionArguments (pipecatcloud)",
+            "Requires SmallWebRTC (transport.webrtc) to be enabled",
+        ),
+        (
+            {"pipecat.transports.whatsapp.client"},
+            object,
+            {"WHATSAPP_TOKEN": "t"},
+            None,
+            "No module named 'pipecat.transports.whatsapp.client'",
+        ),
+    ],
+)
+def test_webrtc_and_whatsapp_detection(missing, webrtc_type, env, webrtc, whatsapp):
+    found = {f.name: f for f in detect(_finder(missing), settings=_settings(**env),
+                                       webrtc_type=webrtc_type)}  # fmt: skip
+    assert (found["transport.webrtc"].available, found["transport.webrtc"].reason) == (
+        webrtc is None, webrtc)  # fmt: skip
+    assert (found["whatsapp"].available, found["whatsapp"].reason) == (
+        whatsapp is None, whatsapp)  # fmt: skip
 
 
 def test_serialised_compact_with_sorted_keys():

@@ -13,7 +13,7 @@ from pipecat_base.loader import load_bot
 from pipecat_base.nursery import Outcome, SessionSpec
 from pipecat_base.session_args import http_session_args
 
-from .conftest import needs_pipecat
+from .conftest import PIPECAT, needs_pipecat
 from .process import BOTS, server_process
 
 
@@ -52,8 +52,14 @@ def test_summary_lists_every_feature_and_why():
     text = summary(detect())
     assert text.splitlines()[1] == "Features available in this base image:"
     assert "transport.websocket: ENABLED" in text
-    assert "transport.webrtc: DISABLED" in text
-    assert "   Reason: SmallWebRTC sessions are not served by this server yet" in text
+    assert "whatsapp: DISABLED" in text
+    reason = (
+        "Missing environment variables: WHATSAPP_TOKEN, WHATSAPP_PHONE_NUMBER_ID, "
+        "WHATSAPP_APP_SECRET"
+        if PIPECAT
+        else "Requires SmallWebRTC (transport.webrtc) to be enabled"
+    )
+    assert f"whatsapp: DISABLED\n   Reason: {reason}" in text
 
 
 @pytest.mark.slow
