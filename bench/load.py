@@ -6,6 +6,7 @@ import base64
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,9 +76,7 @@ async def call(ws_url: str, mode: str, seconds: float) -> CallResult:
         nursery.start_soon(listen, ws)
         for message in protocol.handshake("twilio"):
             await ws.send_message(message)
-        start = time.monotonic()
-        for n, frame in enumerate(frames):
-            await trio.sleep_until(start + n * FRAME_SECONDS)
+        async for n, frame in paced(frames):
             sent_at[n] = time.monotonic()
             await ws.send_message(protocol.media("twilio", n, frame))
         with trio.move_on_after(2):
@@ -87,6 +86,19 @@ async def call(ws_url: str, mode: str, seconds: float) -> CallResult:
     result.rtts = [heard_at[k] - sent_at[k] for k in sorted(heard_at)]
     result.lost = len(frames) - len(heard_at)
     return result
+
+
+async def paced(frames: list[bytes]) -> AsyncIterator[tuple[int, bytes]]:
+    """Each frame at its place in real time: frame ``n`` at ``start + n * 20 ms``.
+
+    On Trio's clock: `trio.sleep_until` takes Trio time, which has its own random offset from
+    ``time.monotonic()`` (mixing them made every deadline lie in the past, so a "paced" call
+    went out as one burst).
+    """
+    start = trio.current_time()
+    for n, frame in enumerate(frames):
+        await trio.sleep_until(start + n * FRAME_SECONDS)
+        yield n, frame
 
 
 async def calls(ws_url: str, mode: str, count: int, seconds: float) -> list[CallResult]:

@@ -48,3 +48,11 @@ async def test_quick_benchmark_runs_both_servers_and_writes_the_report(tmp_path)
     assert lost
     assert all(line.split("|")[2].strip() == "0" for line in lost)
     assert sorted(p.name for p in (tmp_path / "img").iterdir()) == ["cpu.png", "rss.png", "rtt.png"]
+
+
+async def test_calls_pace_their_frames_in_real_time(autojump_clock):
+    from bench.load import FRAME_SECONDS, paced
+
+    t0 = trio.current_time()
+    times = [(n, trio.current_time()) async for n, _ in paced([b"a", b"b", b"c", b"d"])]
+    assert times == [(n, t0 + n * FRAME_SECONDS) for n in range(4)]
