@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from pipecat_base.bridge import open_bridge_loop, wait_task
 
@@ -170,3 +171,77 @@ async def test_unclosed_aiohttp_session_is_logged_not_raised(on_loop, logs):
     await on_loop(main)
     assert logs.having("Unclosed client session")
     assert logs.having("Unclosed client session")[0][0] == "ERROR"
+
+
+# -- the batched scheduler (bridge.install_batched_scheduler) --------------------------------
+
+
+async def _rounds_while(loop: asyncio.AbstractEventLoop, work: Callable[[], None]) -> int:
+    """Trio scheduler rounds a bystander task gets while the loop runs what ``work`` queued."""
+    done = trio.Event()
+    rounds = 0
+
+    async def bystander() -> None:
+        nonlocal rounds
+        while not done.is_set():
+            rounds += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bystander)
+        work()
+        loop.call_soon(done.set)
+        await done.wait()
+    return rounds
+
+
+async def test_ready_callbacks_run_in_one_trio_round_in_order():
+    async with open_bridge_loop() as loop:
+        ran: list[int] = []
+        rounds = await _rounds_while(
+            loop, lambda: [loop.call_soon(ran.append, i) for i in range(100)]
+        )
+    assert ran == list(range(100))
+    # trio-asyncio's own scheduler takes one Trio round per callback (100 here).
+    assert rounds <= 3
+
+
+async def test_a_callback_chain_cannot_starve_trio_tasks():
+    async with open_bridge_loop() as loop:
+        spins = 0
+        spinning = True
+
+        def spin() -> None:
+            nonlocal spins
+            spins += 1
+            if spinning:
+                loop.call_soon(spin)  # reschedules itself until told to stop
+
+        loop.call_soon(spin)
+        for _ in range(20):  # each of these needs the Trio scheduler to come round
+            await trio.lowlevel.checkpoint()
+        assert spins < 100
+        await trio.sleep(0.01)  # and timers still fire while the chain runs
+        assert spins > 20
+        spinning = False  # the loop's exit drains callbacks until none is left
+
+
+async def test_timers_fire_when_due_in_virtual_time(autojump_clock):
+    async with open_bridge_loop() as loop:
+        fired: list[tuple[str, float]] = []
+        t0 = trio.current_time()
+        loop.call_later(5, lambda: fired.append(("b", trio.current_time())))
+        loop.call_later(2, lambda: fired.append(("a", trio.current_time())))
+        loop.call_soon(lambda: fired.append(("soon", trio.current_time())))
+        await trio.sleep(10)
+    assert fired == [("soon", t0), ("a", t0 + 2), ("b", t0 + 5)]
+
+
+def test_an_unexpected_loop_keeps_its_own_scheduler(logs):
+    from pipecat_base.bridge import install_batched_scheduler
+
+    class Unfamiliar:
+        async def _main_loop_one(self, no_wait: bool = False) -> None: ...
+
+    assert install_batched_scheduler(Unfamiliar()) is False  # type: ignore[arg-type]
+    assert logs.having("trio-asyncio's loop internals changed; keeping its own scheduler")
