@@ -140,7 +140,7 @@ def create_app(
         try:
             with webrtc.pending.waiting(session_id, body, flow_config) as pending:
                 spec = SessionSpec(
-                    session_id, None, budget, connect=lambda: webrtc.connect(pending)
+                    session_id, None, budget, connect=lambda handle: webrtc.connect(pending, handle)
                 )
                 handle = await supervisor.start(spec)
                 await handle.wait()

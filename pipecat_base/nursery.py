@@ -85,16 +85,17 @@ class SessionSpec:
         budget: Seconds the session may last (``X-PCC-Max-Session-Seconds``), or None for no
             bound. Counted from the start, including any wait for the connection.
         connect: For transports whose connection arrives after the session started
-            (SmallWebRTC): an async context manager factory that waits for the connection and
-            yields the bot's arguments (``args`` is then unused). It is entered inside the
-            session's cancel scope, so the budget and stops apply to the wait, and exited
-            after the bot ended (to release the connection).
+            (SmallWebRTC): called with the session's handle, returns an async context manager
+            that waits for the connection and yields the bot's arguments (``args`` is then
+            unused). It is entered inside the session's cancel scope, so the budget and stops
+            apply to the wait, and exited after the bot ended (to release the connection); it
+            may stop the session through the handle (a peer that hung up).
     """
 
     session_id: str | None
     args: Any
     budget: float | None = None
-    connect: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+    connect: Callable[[SessionHandle], AbstractAsyncContextManager[Any]] | None = None
 
 
 class SessionHandle:
@@ -294,11 +295,11 @@ class SessionSupervisor:
             task: asyncio.Task[Any] | None = None
             tasks = SessionTasks(spec.session_id)
             outside_cancel = False
-            connect = spec.connect or (lambda: nullcontext(spec.args))
+            connect = spec.connect or (lambda _handle: nullcontext(spec.args))
             try:
                 task_status.started(handle)
                 with handle._scope:
-                    async with connect() as args:
+                    async with connect(handle) as args:
                         # Created inside the session's log context and task ownership: the
                         # task copies both, so the asyncio side logs with this session's id
                         # and every task it creates is known to belong to this session.

@@ -35,7 +35,14 @@ from loguru import logger
 from .bridge import run_aio
 from .config import Settings
 from .inputs import BadInput, parse_json_object
-from .nursery import ConnectionNeverArrived, SessionRefused, SessionSpec, SessionSupervisor
+from .nursery import (
+    ConnectionNeverArrived,
+    Outcome,
+    SessionHandle,
+    SessionRefused,
+    SessionSpec,
+    SessionSupervisor,
+)
 from .session_args import webrtc_session_args
 
 OFFER_PATH = "/api/offer"
@@ -325,18 +332,22 @@ class SmallWebRTC:
         own.deliver(connection, body)
         try:
             await supervisor.start(
-                SessionSpec(session_id, None, budget, connect=lambda: self.connect(own))
+                SessionSpec(
+                    session_id, None, budget, connect=lambda handle: self.connect(own, handle)
+                )
             )
         except SessionRefused:
             await self.close_connection(connection)
             raise
 
-    def connect(self, pending: PendingConnection) -> Any:
+    def connect(self, pending: PendingConnection, handle: SessionHandle) -> Any:
         """The `SessionSpec.connect` of a session waiting on ``pending``."""
-        return self._session_args(pending)
+        return self._session_args(pending, handle)
 
     @asynccontextmanager
-    async def _session_args(self, pending: PendingConnection) -> AsyncIterator[Any]:
+    async def _session_args(
+        self, pending: PendingConnection, handle: SessionHandle
+    ) -> AsyncIterator[Any]:
         timeout = self.connection_timeout
         if pending.open:
             logger.info("Will wait for the webrtc_connection to be set!")
@@ -359,10 +370,29 @@ class SmallWebRTC:
         logger.info("Received the webrtc_connection from Pipecat Cloud, cancelling the timeout")
         args = webrtc_session_args(pending.session_id, body, connection)
         args.flow_config = pending.flow_config
+        hung_up = trio.Event()
+
+        async def on_hang_up(_connection: Any) -> None:  # pipecat calls it on the asyncio side
+            hung_up.set()
+
+        for event in ("closed", "failed"):
+            connection.add_event_handler(event, on_hang_up)
         try:
-            yield args
+            async with trio.open_nursery() as watcher:
+                watcher.start_soon(self._stop_after_hang_up, hung_up, handle)
+                try:
+                    yield args
+                finally:
+                    watcher.cancel_scope.cancel()
         finally:
             await self.close_connection(connection)
+
+    async def _stop_after_hang_up(self, hung_up: trio.Event, handle: SessionHandle) -> None:
+        """After the peer went away, give the bot ``CLIENT_DISCONNECT_GRACE`` to end itself
+        (pipecat's ``on_client_disconnected`` runs then), as ``/ws`` does; then stop it."""
+        await hung_up.wait()
+        await trio.sleep(self._settings.client_disconnect_grace)
+        handle.stop("client disconnected", Outcome.CLIENT_DISCONNECTED)
 
     async def _close_unclaimed(self, pending: PendingConnection) -> None:
         pending.close()

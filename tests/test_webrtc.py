@@ -152,6 +152,39 @@ async def test_bad_offers_and_patches_get_a_clear_4xx(
     assert detail in (await response.get_json())["detail"]
 
 
+async def test_a_bot_that_ignores_its_closed_peer_is_stopped_after_the_grace(
+    make_supervisor, logs, autojump_clock
+):
+    from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
+
+    from pipecat_base.bridge import run_aio
+    from pipecat_base.nursery import SessionSpec
+    from pipecat_base.webrtc import PendingConnection, SmallWebRTC
+
+    async def deaf(args):  # holds the call, never notices the peer closing
+        await asyncio.sleep(3600)
+
+    supervisor = make_supervisor(deaf)
+    webrtc = SmallWebRTC(supervisor.loop, load_settings({"CLIENT_DISCONNECT_GRACE": "4"}))
+    connection = await run_aio(supervisor.loop, _new_connection, SmallWebRTCConnection)
+    pending = PendingConnection("peer-1", {}, None)
+    pending.deliver(connection)
+    handle = await supervisor.start(
+        SessionSpec("peer-1", None, connect=lambda h: webrtc.connect(pending, h))
+    )
+    await trio.sleep(60)  # the bot holds the call as long as the peer is there
+    assert handle.outcome is None
+    closed_at = trio.current_time()
+    await run_aio(supervisor.loop, connection.disconnect)  # the peer connection closes
+    assert await handle.wait() == Outcome.CLIENT_DISCONNECTED
+    assert trio.current_time() - closed_at == 4
+    assert ("WARNING", "peer-1", "Bot session stopped: client disconnected") in logs.records
+
+
+async def _new_connection(cls):
+    return cls()
+
+
 # -- ICE configuration -------------------------------------------------------------------------
 
 

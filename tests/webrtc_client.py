@@ -84,12 +84,19 @@ async def call(
     echo_frames: int = 25,
     timeout: float = 20.0,
 ) -> CallResult:
-    """Offer, trickle, send a tone until ``echo_frames`` loud frames came back, hang up."""
+    """Offer, trickle, send a tone until ``echo_frames`` loud frames came back (0: until the
+    peers are connected), hang up."""
     result = CallResult()
     pc = RTCPeerConnection()
     pc.addTrack(Tone())
     echoed = asyncio.Event()
+    connected = asyncio.Event()
     listeners: list[asyncio.Task[None]] = []
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
 
     @pc.on("track")
     def on_track(track: Any) -> None:
@@ -119,7 +126,8 @@ async def call(
             async with http.patch(f"{base_url}/api/offer", json=patch, headers=headers) as r:
                 result.patch_status = r.status
                 result.patched_candidates = len(candidates)
-        await asyncio.wait_for(echoed.wait(), timeout)
+        # echo_frames=0: hang up as soon as the peers are connected.
+        await asyncio.wait_for((echoed if echo_frames else connected).wait(), timeout)
     finally:
         for listener in listeners:
             listener.cancel()
