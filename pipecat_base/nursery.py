@@ -235,8 +235,12 @@ class SessionSupervisor:
         return None
 
     def recent_session(self, window: float) -> str | None:
-        """The id of a session started less than ``window`` seconds ago, if one is running."""
-        if self._last_start is None or not self._sessions:
+        """The id of the session started less than ``window`` seconds ago, if any.
+
+        Whether it still runs does not matter: a bot that blocks the loop while starting and
+        then ends at once has often ended by the time the watchdog's late heartbeat runs.
+        """
+        if self._last_start is None:
             return None
         started_at, session_id = self._last_start
         return session_id if trio.current_time() - started_at < window else None
