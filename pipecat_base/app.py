@@ -157,6 +157,7 @@ def create_app(
         @app.post(OFFER_PATH)
         async def webrtc_offer() -> Any:
             session_id = request.headers.get(inputs.SESSION_ID_HEADER)
+            await webrtc.ready()
             try:
                 offer = parse_offer(await request.get_data())
             except BadInput as exc:
@@ -184,6 +185,7 @@ def create_app(
 
         @app.route(OFFER_PATH, methods=["PATCH"])
         async def webrtc_patch() -> Any:
+            await webrtc.ready()
             try:
                 patch = parse_patch(await request.get_data())
                 logger.debug(

@@ -25,6 +25,7 @@ Google's public STUN server is used.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -245,21 +246,32 @@ class SmallWebRTC:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, settings: Settings) -> None:
-        from pipecat.transports.smallwebrtc.request_handler import (
-            ConnectionMode,
-            SmallWebRTCRequestHandler,
-        )
-
         self.pending = PendingConnections()
         self._loop = loop
         self._settings = settings
-        # MULTIPLE: one server may run several sessions (MAX_SESSIONS), each with its peer;
-        # offers find their session by id, PATCHes their peer by pc_id.
-        self._handler = SmallWebRTCRequestHandler(
-            esp32_mode=settings.esp32_enabled,
-            host=settings.esp32_host,
-            connection_mode=ConnectionMode.MULTIPLE,
-        )
+        self._request_handler: Any = None
+
+    async def ready(self) -> None:
+        """Import pipecat's WebRTC side if not yet done (off the event loop; see `_handler`)."""
+        await self._handler()
+
+    async def _handler(self) -> Any:
+        """pipecat's request handler, made on first use: importing it (aiortc, PyAV) costs
+        ~0.4 s and ~30 MiB, which images that never take a WebRTC call should not pay. The
+        import runs in a worker thread so that first offer does not stall the event loop."""
+        if self._request_handler is None:
+            module = await trio.to_thread.run_sync(
+                importlib.import_module, "pipecat.transports.smallwebrtc.request_handler"
+            )
+            if self._request_handler is None:  # another offer may have made it meanwhile
+                # MULTIPLE: one server may run several sessions (MAX_SESSIONS), each with its
+                # peer; offers find their session by id, PATCHes their peer by pc_id.
+                self._request_handler = module.SmallWebRTCRequestHandler(
+                    esp32_mode=self._settings.esp32_enabled,
+                    host=self._settings.esp32_host,
+                    connection_mode=module.ConnectionMode.MULTIPLE,
+                )
+        return self._request_handler
 
     @property
     def connection_timeout(self) -> float:
@@ -267,6 +279,7 @@ class SmallWebRTC:
 
     async def ice_servers(self) -> list[Any]:
         """The current ICE servers (`fetch_ice_servers` on the asyncio loop)."""
+        await self._handler()  # pipecat's WebRTC modules are imported by then
         return await run_aio(self._loop, fetch_ice_servers, self._settings.ice_config_url)
 
     async def answer(self, offer: Any) -> tuple[dict[str, Any], Any]:
@@ -277,6 +290,7 @@ class SmallWebRTC:
             BadInput: pipecat refused the offer (``HTTPException`` or a malformed SDP).
         """
         ice_servers = await self.ice_servers()
+        handler = await self._handler()
         created: list[Any] = []
 
         async def on_connection(connection: Any) -> None:
@@ -285,8 +299,8 @@ class SmallWebRTC:
         async def handle() -> dict[str, Any]:
             # No await between setting the servers and the handler building the connection,
             # so concurrent offers cannot swap each other's servers.
-            self._handler.update_ice_servers(ice_servers)
-            return await self._handler.handle_web_request(offer, on_connection)
+            handler.update_ice_servers(ice_servers)
+            return await handler.handle_web_request(offer, on_connection)
 
         try:
             answer = await run_aio(self._loop, handle)
@@ -302,7 +316,7 @@ class SmallWebRTC:
             BadInput: a candidate pipecat (aiortc) cannot parse.
         """
         try:
-            await run_aio(self._loop, self._handler.handle_patch_request, request)
+            await run_aio(self._loop, (await self._handler()).handle_patch_request, request)
         except Exception as exc:
             if getattr(exc, "status_code", None) == 404:
                 raise LookupError(f"no peer connection {request.pc_id}") from exc
@@ -410,9 +424,11 @@ class SmallWebRTC:
 
     async def aclose(self) -> None:
         """Close every peer connection still open (server shutdown, after the sessions)."""
+        if self._request_handler is None:
+            return
         with trio.CancelScope(shield=True), trio.move_on_after(self._settings.session_cancel_grace):
             try:
-                await run_aio(self._loop, self._handler.close)
+                await run_aio(self._loop, self._request_handler.close)
             except Exception as exc:
                 logger.warning(f"Closing WebRTC peer connections failed: {exc!r}")
 

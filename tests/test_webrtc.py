@@ -116,7 +116,10 @@ async def test_an_offer_nobody_waits_for_is_refused_at_capacity(make_supervisor,
     async def sleeper(args):
         await asyncio.sleep(100)
 
-    client, _, _ = webrtc_client_for(make_supervisor, sleeper, MAX_SESSIONS="1")
+    client, _, webrtc = webrtc_client_for(make_supervisor, sleeper, MAX_SESSIONS="1")
+    # pipecat's WebRTC side is imported in a worker thread on first use; the virtual clock would
+    # run on while it loads, so load it before the clock matters.
+    await webrtc.ready()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(functools.partial(client.post, "/bot", json={}))
         await trio.testing.wait_all_tasks_blocked()
@@ -275,3 +278,26 @@ async def test_an_offer_without_a_waiting_bot_runs_its_own_session(serve_bot, lo
     session = [m for _, sid, m in logs.records if sid == "direct-1"]
     assert "webrtc echo: body={'from': 'offer'} flow_config=None" in session
     assert "Will wait for the webrtc_connection to be set!" not in session
+
+
+@pytest.mark.slow
+async def test_webrtc_libraries_load_only_when_a_call_comes(tmp_path):
+    """aiortc and PyAV cost ~30 MiB and 0.4 s: an image serving no WebRTC call never loads them."""
+    from .process import server_process
+
+    def loaded(pid: int) -> bool:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        return "/aiortc/" in maps or "/av/" in maps or "/av.libs/" in maps
+
+    async with (
+        serve_app(ice_sidecar()) as ice,
+        server_process(EXAMPLE, env={"ICE_CONFIG_URL": f"{ice}/ice-servers"}) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
+        pid = server.process.pid
+        assert (await http.get("/livez")).status_code == 200
+        assert not loaded(pid)
+        response = await http.patch("/api/offer", json={"pc_id": "none", "candidates": []})
+        assert response.status_code == 404  # served: the handler exists now
+        assert loaded(pid)
+        await server.terminate()

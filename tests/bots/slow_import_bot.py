@@ -3,7 +3,10 @@
 import sys
 import time
 
-print("IMPORTING", file=sys.stderr, flush=True)
+# One write: print() writes the text and the newline separately, and with unbuffered stderr
+# (PYTHONUNBUFFERED) the server's SIGTERM line could land between them.
+sys.stderr.write("IMPORTING\n")
+sys.stderr.flush()
 time.sleep(60)
 
 
