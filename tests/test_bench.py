@@ -56,3 +56,11 @@ async def test_calls_pace_their_frames_in_real_time(autojump_clock):
     t0 = trio.current_time()
     times = [(n, trio.current_time()) async for n, _ in paced([b"a", b"b", b"c", b"d"])]
     assert times == [(n, t0 + n * FRAME_SECONDS) for n in range(4)]
+
+
+def test_loop_micro_measures_both_loops():
+    from bench.loop_micro import on_bridge_loop, on_plain_asyncio
+
+    for result in (on_plain_asyncio(200), on_bridge_loop(200)):
+        assert set(result) == {"call_soon", "sleep0", "queue_rtt"}
+        assert all(v > 0 for v in result.values())

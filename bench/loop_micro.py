@@ -1,0 +1,95 @@
+"""Per-callback cost of the asyncio loop bots run on: ``python -m bench.loop_micro [N]``.
+
+Three asyncio patterns pipecat leans on, timed in CPU microseconds per operation, on the
+server's loop (trio-asyncio with `pipecat_base.bridge`'s adaptations) and, in a child process
+that never imports trio-asyncio (which patches asyncio process-wide), on plain asyncio:
+
+* ``call_soon`` -- a chain of callbacks, each scheduling the next;
+* ``sleep0`` -- ``await asyncio.sleep(0)``, a task yielding;
+* ``queue_rtt`` -- a round trip through two ``asyncio.Queue``s between two tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+
+async def measure(n: int) -> dict[str, float]:
+    """CPU microseconds per operation for each pattern, on the running loop."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    count = 0
+
+    def step() -> None:
+        nonlocal count
+        count += 1
+        if count < n:
+            loop.call_soon(step)
+        else:
+            done.set_result(None)
+
+    t = time.process_time()
+    loop.call_soon(step)
+    await done
+    call_soon = (time.process_time() - t) / n * 1e6
+
+    t = time.process_time()
+    for _ in range(n):
+        await asyncio.sleep(0)
+    sleep0 = (time.process_time() - t) / n * 1e6
+
+    requests: asyncio.Queue[int | None] = asyncio.Queue()
+    replies: asyncio.Queue[int] = asyncio.Queue()
+
+    async def echo() -> None:
+        while (item := await requests.get()) is not None:
+            replies.put_nowait(item)
+
+    echo_task = asyncio.ensure_future(echo())
+    t = time.process_time()
+    for i in range(n):
+        requests.put_nowait(i)
+        await replies.get()
+    queue_rtt = (time.process_time() - t) / n * 1e6
+    requests.put_nowait(None)
+    await echo_task
+    return {"call_soon": call_soon, "sleep0": sleep0, "queue_rtt": queue_rtt}
+
+
+def on_bridge_loop(n: int) -> dict[str, float]:
+    """`measure` on the server's trio-asyncio loop."""
+    import trio
+
+    from pipecat_base.bridge import open_bridge_loop, wait_task
+
+    async def main() -> dict[str, float]:
+        async with open_bridge_loop() as loop:
+            task = loop.create_task(measure(n))
+            await wait_task(task, cancel_grace=1)
+            return task.result()
+
+    return trio.run(main)
+
+
+def on_plain_asyncio(n: int) -> dict[str, float]:
+    """`measure` on plain asyncio, in a child process (trio-asyncio patches asyncio)."""
+    code = (
+        "import asyncio, json, bench.loop_micro as m; "
+        f"print(json.dumps(asyncio.run(m.measure({n}))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    for name, result in (("asyncio", on_plain_asyncio(n)), ("bridge", on_bridge_loop(n))):
+        print(f"{name:8} " + "  ".join(f"{k} {v:.2f} us" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()
