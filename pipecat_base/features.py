@@ -91,7 +91,8 @@ def detect(
     settings: Any = None,
     webrtc_type: Callable[[], Any] | None = None,
 ) -> list[Feature]:
-    """The image's features, in a stable order. Modules are looked up, never imported.
+    """The image's features, in a stable order. Modules are looked up, not imported (only
+    pipecatcloud's session types, which the CLI has loaded already, are inspected).
 
     Args:
         find_spec: How modules are looked up (tests pass a fake).
