@@ -4,9 +4,9 @@ Bots keep module-level asyncio clients and share asyncio objects with their Sess
 so the process has exactly one asyncio loop, opened around serving (`open_bridge_loop`) and
 closed after the last session.
 
-trio-asyncio's loop needs three adaptations to run what pipecat and its dependencies do. The
-loop is constructed inside ``trio_asyncio.open_loop()`` (no hook for a subclass), so they are
-bound onto the instance here, and nowhere else:
+trio-asyncio's loop needs these adaptations to run what pipecat and its dependencies do, and to
+run it at a cost close to asyncio's. The loop is constructed inside ``trio_asyncio.open_loop()``
+(no hook for a subclass), so they are bound onto the instance here, and nowhere else:
 
 * **Exception handler.** trio-asyncio's default handler re-raises "Task exception was never
   retrieved", aiohttp's "Unclosed client session" and errors in callbacks, which tears down the
@@ -19,6 +19,11 @@ bound onto the instance here, and nowhere else:
   bot asks it to; trio-asyncio would install a process-wide handler (stealing SIGTERM/SIGINT
   from the server) and assert on the second session. The server owns signals: the call is
   recorded, logged once, and not installed.
+* **Batched scheduler** (`install_batched_scheduler`): every ready asyncio callback per Trio
+  round, not one per round.
+* **``call_soon`` without per-call checks**: asyncio checks that a callback is no coroutine
+  only in debug mode; trio-asyncio checked on every call, which was a large part of each
+  callback's cost (``python -m bench.loop_micro``). In debug mode the check still runs.
 
 Running a bot: `wait_task` waits for an asyncio task with a bounded cancellation protocol, because
 trio-asyncio's own ``aio_as_trio`` delivers one ``cancel()`` and then waits forever if the task
@@ -95,6 +100,22 @@ def adapt_loop(loop: asyncio.AbstractEventLoop) -> None:
         return False
 
     install_batched_scheduler(loop)
+    queue_handle = loop._queue_handle  # type: ignore[attr-defined]
+    check_callback = loop._check_callback  # type: ignore[attr-defined]
+
+    def call_soon(
+        self: asyncio.AbstractEventLoop,
+        callback: Callable[..., Any],
+        *args: Any,
+        context: Any = None,
+    ) -> asyncio.Handle:
+        # asyncio checks the callback (not a coroutine, callable) only in debug mode;
+        # trio-asyncio checks on every call, which is most of a callback's cost.
+        if self.get_debug():
+            check_callback(callback, "call_soon")
+        return queue_handle(asyncio.Handle(callback, args, self, context))
+
+    loop.call_soon = types.MethodType(call_soon, loop)  # type: ignore[method-assign]
     loop.run_in_executor = types.MethodType(run_in_executor, loop)  # type: ignore[method-assign]
     loop.add_signal_handler = types.MethodType(add_signal_handler, loop)  # type: ignore[method-assign]
     loop.remove_signal_handler = types.MethodType(remove_signal_handler, loop)  # type: ignore[method-assign]

@@ -245,3 +245,16 @@ def test_an_unexpected_loop_keeps_its_own_scheduler(logs):
 
     assert install_batched_scheduler(Unfamiliar()) is False  # type: ignore[arg-type]
     assert logs.having("trio-asyncio's loop internals changed; keeping its own scheduler")
+
+
+async def test_call_soon_checks_callbacks_in_debug_mode_as_asyncio_does():
+    async def not_a_callback() -> None: ...
+
+    async with open_bridge_loop() as loop:
+        loop.set_debug(True)
+        with pytest.raises(TypeError, match="coroutines cannot be used with call_soon"):
+            loop.call_soon(not_a_callback)
+        loop.set_debug(False)
+        done = trio.Event()
+        loop.call_soon(done.set)  # no per-call check outside debug mode, as in asyncio
+        await done.wait()
