@@ -64,13 +64,11 @@ def on_bridge_loop(n: int) -> dict[str, float]:
     """`measure` on the server's trio-asyncio loop."""
     import trio
 
-    from pipecat_base.bridge import open_bridge_loop, wait_task
+    from pipecat_base.bridge import open_bridge_loop, run_aio
 
     async def main() -> dict[str, float]:
         async with open_bridge_loop() as loop:
-            task = loop.create_task(measure(n))
-            await wait_task(task, cancel_grace=1)
-            return task.result()
+            return await run_aio(loop, measure, n)
 
     return trio.run(main)
 

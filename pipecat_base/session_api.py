@@ -24,7 +24,7 @@ import trio
 from loguru import logger
 
 from .asgi_bridge import Message, Receive, Send, open_asgi_bridge
-from .bridge import wait_task
+from .bridge import run_aio, wait_task
 
 AsgiApp = Callable[[dict[str, Any], Receive, Send], Any]
 
@@ -92,9 +92,10 @@ async def run_asgi_on_loop(
 ) -> None:
     """Run an asyncio ASGI app for one connection, its messages crossing the bridge."""
     async with open_asgi_bridge(loop, receive, send) as bridge:
-        task = loop.create_task(app(dict(scope), bridge.receive, bridge.send))
-        await wait_task(task, cancel_grace=cancel_grace)
-        task.result()  # an exception reaches Hypercorn, which logs it and answers 500
+        # An exception reaches Hypercorn, which logs it and answers 500.
+        await run_aio(
+            loop, app, dict(scope), bridge.receive, bridge.send, cancel_grace=cancel_grace
+        )
 
 
 def shadowed_routes(user_app: Any, own_paths: Iterable[str] = OWN_PATHS) -> list[str]:

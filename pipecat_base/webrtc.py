@@ -369,7 +369,6 @@ class SmallWebRTC:
             with trio.fail_after(timeout):
                 connection, body = await pending.arrival()
         except trio.TooSlowError:
-            pending.close()
             logger.error(
                 f"Timeout waiting for WebRTC connection: no offer arrived within {timeout:g}s"
             )

@@ -206,7 +206,7 @@ async def test_ready_callbacks_run_in_one_trio_round_in_order():
     assert rounds <= 3
 
 
-async def test_a_callback_chain_cannot_starve_trio_tasks():
+async def test_a_callback_chain_cannot_starve_trio_tasks(mock_clock):
     async with open_bridge_loop() as loop:
         spins = 0
         spinning = True
@@ -221,7 +221,19 @@ async def test_a_callback_chain_cannot_starve_trio_tasks():
         for _ in range(20):  # each of these needs the Trio scheduler to come round
             await trio.lowlevel.checkpoint()
         assert spins < 100
-        await trio.sleep(0.01)  # and timers still fire while the chain runs
+        # Trio deadlines still fire while the chain runs (virtual time, moved by hand: the
+        # chain keeps the loop busy, so the clock could never autojump).
+        woke = trio.Event()
+        deadline = trio.current_time() + 1
+
+        async def sleeper() -> None:
+            await trio.sleep_until(deadline)
+            woke.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sleeper)
+            mock_clock.jump(1)
+            await woke.wait()
         assert spins > 20
         spinning = False  # the loop's exit drains callbacks until none is left
 
