@@ -19,8 +19,9 @@ run it at a cost close to asyncio's. The loop is constructed inside ``trio_async
   bot asks it to; trio-asyncio would install a process-wide handler (stealing SIGTERM/SIGINT
   from the server) and assert on the second session. The server owns signals: the call is
   recorded, logged once, and not installed.
-* **Batched scheduler** (`install_batched_scheduler`): every ready asyncio callback per Trio
-  round, not one per round.
+* **Scheduler** (`loop_scheduler`): asyncio's own ready deque and timer heap, run in batches
+  of asyncio iterations per Trio round, instead of one callback per Trio round through a
+  memory channel.
 * **``call_soon`` without per-call checks**: asyncio checks that a callback is no coroutine
   only in debug mode; trio-asyncio checked on every call, which was a large part of each
   callback's cost (``python -m bench.loop_micro``). In debug mode the check still runs.
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import heapq
 import types
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -43,6 +43,8 @@ from typing import Any, TypeVar
 import trio
 import trio_asyncio
 from loguru import logger
+
+from . import loop_scheduler
 
 # After the second cancel(), how long a task gets to act on it before it is abandoned. Short:
 # the first cancel already had the whole grace period; this only catches bots that swallow
@@ -99,7 +101,7 @@ def adapt_loop(loop: asyncio.AbstractEventLoop) -> None:
             return True
         return False
 
-    install_batched_scheduler(loop)
+    loop_scheduler.install(loop)
     queue_handle = loop._queue_handle  # type: ignore[attr-defined]
     check_callback = loop._check_callback  # type: ignore[attr-defined]
 
@@ -119,76 +121,6 @@ def adapt_loop(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_in_executor = types.MethodType(run_in_executor, loop)  # type: ignore[method-assign]
     loop.add_signal_handler = types.MethodType(add_signal_handler, loop)  # type: ignore[method-assign]
     loop.remove_signal_handler = types.MethodType(remove_signal_handler, loop)  # type: ignore[method-assign]
-
-
-def install_batched_scheduler(loop: asyncio.AbstractEventLoop) -> bool:
-    """Run every asyncio callback that is ready in one Trio scheduler round, not one per round.
-
-    trio-asyncio's loop task takes one callback per iteration, each behind a blocking channel
-    receive inside a fresh deadline cancel scope: a full Trio scheduling round (and a deadline
-    registration) per asyncio callback. pipecat's pipelines run hundreds of callbacks per
-    second per call, so that round trip dominated the media path's CPU (see
-    docs/benchmarks.md). This replacement runs, per round, the callbacks already queued when
-    the round began, then the timers that are due -- the order asyncio's own ``_run_once``
-    uses -- and then yields to Trio once, so Trio tasks (the sockets) are never starved. When
-    nothing is ready it waits exactly as trio-asyncio does.
-
-    It uses trio-asyncio internals (``_q_recv``, ``_timers``, ``_nursery``, its handle types);
-    when those are not as expected (a trio-asyncio release that changed them), nothing is
-    replaced and False is returned. Tested in tests/test_bridge.py.
-    """
-    from trio_asyncio import _base as trio_asyncio_base
-
-    stock = getattr(loop, "_main_loop_one", None)
-    async_handle = getattr(trio_asyncio_base, "AsyncHandle", None)
-    sniffio_local = getattr(trio_asyncio_base, "sniffio_library", None)
-    if (
-        stock is None
-        or async_handle is None
-        or sniffio_local is None
-        or not isinstance(getattr(loop, "_timers", None), list)
-        or not isinstance(getattr(loop, "_q_recv", None), trio.MemoryReceiveChannel)
-    ):
-        logger.warning("trio-asyncio's loop internals changed; keeping its own scheduler")
-        return False
-
-    async def run(handle: Any) -> None:
-        if isinstance(handle, async_handle):  # a Trio task started from asyncio (trio_as_aio)
-            handle._context.run(loop._nursery.start_soon, handle._run, name=handle._callback)  # type: ignore[attr-defined]
-            await handle._started.wait()
-        elif not handle._cancelled:
-            previous, sniffio_local.name = sniffio_local.name, "asyncio"
-            try:
-                handle._run()
-            finally:
-                sniffio_local.name = previous
-
-    async def main_loop_one(self: Any, no_wait: bool = False) -> None:
-        if no_wait:  # the loop's own shutdown drain: one at a time, WouldBlock when empty
-            return await stock(no_wait=True)
-        queue, timers = self._q_recv, self._timers
-        ran = False
-        for _ in range(queue.statistics().current_buffer_used):
-            try:
-                handle = queue.receive_nowait()
-            except trio.WouldBlock:
-                break
-            if isinstance(handle, asyncio.TimerHandle):
-                heapq.heappush(timers, handle)
-                continue
-            ran = True
-            await run(handle)
-        now = self.time()
-        while timers and timers[0]._when <= now:
-            ran = True
-            await run(heapq.heappop(timers))
-        if ran:
-            await trio.lowlevel.checkpoint()
-        else:
-            await stock()  # nothing ready: block until a callback is queued or a timer is due
-
-    loop._main_loop_one = types.MethodType(main_loop_one, loop)  # type: ignore[attr-defined]
-    return True
 
 
 def log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

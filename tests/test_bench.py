@@ -64,3 +64,19 @@ def test_loop_micro_measures_both_loops():
     for result in (on_plain_asyncio(200), on_bridge_loop(200)):
         assert set(result) == {"call_soon", "sleep0", "queue_rtt"}
         assert all(v > 0 for v in result.values())
+
+
+@needs_pipecat
+async def test_the_baseline_loads_bots_without_trio_asyncio():
+    # trio-asyncio replaces asyncio's loop lookups process-wide (slower outside Trio): a
+    # baseline that imported it would not be the native asyncio server it stands for.
+    code = (
+        "import sys\n"
+        "from bench.baseline.__main__ import load_bot_module\n"
+        "assert callable(load_bot_module('bench/bots/bench_bot.py').bot)\n"
+        "print('trio_asyncio' in sys.modules)\n"
+    )
+    result = await trio.run_process(
+        [sys.executable, "-c", code], cwd=ROOT, capture_stdout=True, capture_stderr=True
+    )
+    assert result.stdout.decode().strip().splitlines()[-1] == "False", result.stderr.decode()

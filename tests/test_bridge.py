@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from pipecat_base.bridge import open_bridge_loop, wait_task
+from pipecat_base.loop_scheduler import ITERATIONS_PER_ROUND
 
 needs_311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio API of Python 3.11")
 
@@ -173,12 +174,18 @@ async def test_unclosed_aiohttp_session_is_logged_not_raised(on_loop, logs):
     assert logs.having("Unclosed client session")[0][0] == "ERROR"
 
 
-# -- the batched scheduler (bridge.install_batched_scheduler) --------------------------------
+# -- the scheduler (pipecat_base.loop_scheduler) ------------------------------------------
 
 
-async def _rounds_while(loop: asyncio.AbstractEventLoop, work: Callable[[], None]) -> int:
-    """Trio scheduler rounds a bystander task gets while the loop runs what ``work`` queued."""
-    done = trio.Event()
+async def _rounds_while(
+    loop: asyncio.AbstractEventLoop, work: Callable[[], None], done: trio.Event | None = None
+) -> int:
+    """Trio scheduler rounds a bystander task gets while the loop runs what ``work`` queued.
+
+    Until ``done`` is set, or (without one) until a callback queued after ``work``'s has run.
+    """
+    queue_done = done is None
+    done = trio.Event() if done is None else done
     rounds = 0
 
     async def bystander() -> None:
@@ -190,7 +197,8 @@ async def _rounds_while(loop: asyncio.AbstractEventLoop, work: Callable[[], None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bystander)
         work()
-        loop.call_soon(done.set)
+        if queue_done:
+            loop.call_soon(done.set)
         await done.wait()
     return rounds
 
@@ -206,6 +214,40 @@ async def test_ready_callbacks_run_in_one_trio_round_in_order():
     assert rounds <= 3
 
 
+async def test_a_chain_of_callbacks_runs_as_asyncio_iterations_within_one_trio_round():
+    # A pipecat frame crossing its processors is such a chain: each link queued by the last.
+    async with open_bridge_loop() as loop:
+        ran: list[str] = []
+        chain_done = trio.Event()
+
+        def link(n: int) -> None:
+            ran.append(f"link{n}")
+            if n < 8:
+                loop.call_soon(link, n + 1)
+            else:
+                chain_done.set()
+
+        def work() -> None:
+            loop.call_soon(link, 1)
+            loop.call_soon(ran.append, "queued before link2")
+
+        rounds = await _rounds_while(loop, work, chain_done)
+    # asyncio's order: what an iteration queues runs after what was already queued.
+    assert ran[:3] == ["link1", "queued before link2", "link2"]
+    assert ran[3:] == [f"link{n}" for n in range(3, 9)]
+    # trio-asyncio's own scheduler takes a Trio round per link (8 here).
+    assert rounds <= 3
+
+
+async def test_a_cancelled_timer_never_runs(autojump_clock):
+    async with open_bridge_loop() as loop:
+        fired: list[str] = []
+        loop.call_later(1, fired.append, "cancelled").cancel()
+        loop.call_later(2, fired.append, "kept")
+        await trio.sleep(3)
+    assert fired == ["kept"]
+
+
 async def test_a_callback_chain_cannot_starve_trio_tasks(mock_clock):
     async with open_bridge_loop() as loop:
         spins = 0
@@ -218,24 +260,27 @@ async def test_a_callback_chain_cannot_starve_trio_tasks(mock_clock):
                 loop.call_soon(spin)  # reschedules itself until told to stop
 
         loop.call_soon(spin)
-        for _ in range(20):  # each of these needs the Trio scheduler to come round
-            await trio.lowlevel.checkpoint()
-        assert spins < 100
-        # Trio deadlines still fire while the chain runs (virtual time, moved by hand: the
-        # chain keeps the loop busy, so the clock could never autojump).
-        woke = trio.Event()
-        deadline = trio.current_time() + 1
+        try:
+            for _ in range(20):  # each of these needs the Trio scheduler to come round
+                await trio.lowlevel.checkpoint()
+            # One link of the chain per asyncio iteration, a bounded number per Trio round.
+            assert 0 < spins <= 21 * ITERATIONS_PER_ROUND
+            # Trio deadlines still fire while the chain runs (virtual time, moved by hand: the
+            # chain keeps the loop busy, so the clock could never autojump).
+            woke = trio.Event()
+            deadline = trio.current_time() + 1
 
-        async def sleeper() -> None:
-            await trio.sleep_until(deadline)
-            woke.set()
+            async def sleeper() -> None:
+                await trio.sleep_until(deadline)
+                woke.set()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sleeper)
-            mock_clock.jump(1)
-            await woke.wait()
-        assert spins > 20
-        spinning = False  # the loop's exit drains callbacks until none is left
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sleeper)
+                mock_clock.jump(1)
+                await woke.wait()
+            assert spins > 20
+        finally:
+            spinning = False  # the loop's exit drains callbacks until none is left
 
 
 async def test_timers_fire_when_due_in_virtual_time(autojump_clock):
@@ -250,7 +295,7 @@ async def test_timers_fire_when_due_in_virtual_time(autojump_clock):
 
 
 def test_an_unexpected_loop_keeps_its_own_scheduler(logs):
-    from pipecat_base.bridge import install_batched_scheduler
+    from pipecat_base.loop_scheduler import install as install_batched_scheduler
 
     class Unfamiliar:
         async def _main_loop_one(self, no_wait: bool = False) -> None: ...

@@ -2,7 +2,12 @@
 
 Native asyncio: ``bot(args)`` is awaited inside the request handler; ``/ws`` accepts, hands the
 bot Starlette's WebSocket, and closes it afterwards. Same argument types (pipecatcloud's), same
-bot files as pipecat-base.
+bot files as pipecat-base, and the same observability observers on every pipeline (the existing
+image registers them through ``PIPECAT_SETUP_FILES`` too).
+
+Nothing here may import trio-asyncio: importing it replaces ``asyncio.get_running_loop`` and
+friends process-wide with Python functions that, outside Trio, raise and catch two exceptions
+per call -- about a tenth of the baseline's CPU per pipecat call-second until 2026-11-24.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import importlib.util
 import json
 import os
 import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import uvicorn
@@ -20,8 +28,25 @@ from fastapi import FastAPI, Request, WebSocket
 from loguru import logger
 from starlette.websockets import WebSocketState
 
-from pipecat_base.loader import load_bot
+import pipecat_base
 from pipecat_base.session_args import http_session_args, websocket_session_args
+
+OBSERVERS_SETUP = str(Path(pipecat_base.__file__).with_name("observers_setup.py"))
+
+
+def load_bot_module(path: str) -> ModuleType:
+    """Import the bot file as ``python bot.py`` would see it (its directory on ``sys.path``).
+
+    Not `pipecat_base.loader.load_bot`, which imports trio-asyncio first (see the module doc).
+    """
+    file = Path(path).resolve()
+    sys.path.insert(0, str(file.parent))
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[file.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def create_app(bot: Any) -> FastAPI:
@@ -70,7 +95,9 @@ def main() -> None:
     parser.add_argument("bot")
     parser.add_argument("--port", type=int, default=8081)
     options = parser.parse_args()
-    app = create_app(load_bot(options.bot).bot)
+    setup_files = [p for p in os.environ.get("PIPECAT_SETUP_FILES", "").split(os.pathsep) if p]
+    os.environ["PIPECAT_SETUP_FILES"] = os.pathsep.join([*setup_files, OBSERVERS_SETUP])
+    app = create_app(load_bot_module(options.bot).bot)
     # As the existing image: loguru at PIPECAT_LOG_LEVEL, and shutdown bounded by
     # SHUTDOWN_TIMEOUT (its waiting server's deadline), here uvicorn's graceful timeout.
     logger.remove()

@@ -1,0 +1,173 @@
+"""The bridge loop's scheduler: asyncio's ready queue and timers, run in batches per Trio round.
+
+trio-asyncio runs asyncio callbacks from one Trio task that takes one callback per iteration,
+each behind a blocking memory-channel receive inside a fresh deadline cancel scope: a full Trio
+scheduling round, a channel send and a channel receive per asyncio callback. pipecat's
+pipelines run thousands of callbacks per second per call (every task wake-up, every queue
+hand-off between processors is one), so that machinery dominated the media path's CPU
+(docs/benchmarks.md). `install` replaces it on a trio-asyncio loop with what asyncio itself
+does, on the same Trio task:
+
+* a **deque** of ready handles and a **heap** of timers (trio-asyncio's own ``_timers``),
+  filled directly by ``call_soon``/``call_at``; the loop's memory channel is replaced by
+  `ReadyQueue`, so the thread-safe and signal paths (``run_sync_soon(_q_send.send_nowait)``)
+  land in the same deque;
+* per Trio round, **asyncio iterations** as in ``BaseEventLoop._run_once``: due timers join the
+  ready queue after what is already queued, then exactly the handles ready at that moment run;
+  callbacks they queue run in the next iteration. Up to `ITERATIONS_PER_ROUND` iterations, or
+  `ROUND_BUDGET` seconds, run before the task yields to Trio, so Trio tasks (the sockets, the
+  session's cancel scopes) get the CPU back at least every few hundred microseconds;
+* when nothing is ready, the task sleeps on a `trio.Event` until a handle is queued or until the
+  first timer's deadline (the loop's ``time()`` is Trio's clock, so asyncio deadlines are Trio
+  deadlines, and virtual-time tests drive asyncio timers too).
+
+It relies on trio-asyncio internals (``_main_loop_one``, ``_q_send``, ``_timers``,
+``_nursery``, its ``AsyncHandle``); when they are not as expected, nothing is replaced and a
+warning says so. Tested in tests/test_bridge.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import time
+import types
+from collections import deque
+from typing import Any
+
+import trio
+from loguru import logger
+
+# How many asyncio iterations, and how many seconds of callbacks, one Trio round may run. A
+# chain of callbacks (a task wakes another, which wakes the next: one pipecat frame crossing its
+# processors) takes one iteration per link; without this, every link costs a Trio round.
+ITERATIONS_PER_ROUND = 16
+ROUND_BUDGET = 0.0005
+
+
+class ReadyQueue:
+    """asyncio's ready queue and timer heap, standing in for trio-asyncio's memory channel."""
+
+    __slots__ = ("ready", "timers", "_waiter")
+
+    def __init__(self, timers: list[asyncio.TimerHandle]) -> None:
+        self.ready: deque[asyncio.Handle] = deque()
+        self.timers = timers
+        self._waiter: trio.Event | None = None
+
+    def send_nowait(self, handle: asyncio.Handle) -> None:
+        """Queue ``handle`` (the name is the memory channel's, which trio-asyncio calls)."""
+        if isinstance(handle, asyncio.TimerHandle):
+            heapq.heappush(self.timers, handle)
+        else:
+            self.ready.append(handle)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    async def wait(self, time_now: float) -> None:
+        """Return when a handle is ready or the first timer is due (``time_now`` is Trio time)."""
+        timers = self.timers
+        while timers and timers[0]._cancelled:  # as asyncio does: no wake-up for a dead timer
+            heapq.heappop(timers)
+        if self.ready:
+            return
+        deadline = timers[0]._when if timers else math.inf
+        if deadline <= time_now:
+            return
+        waiter = self._waiter = trio.Event()
+        try:
+            with trio.move_on_at(deadline):
+                await waiter.wait()
+        finally:
+            self._waiter = None
+
+    def take_due(self, time_now: float) -> None:
+        """Move the timers due at ``time_now`` to the end of the ready queue."""
+        timers, ready = self.timers, self.ready
+        while timers and timers[0]._when <= time_now:
+            ready.append(heapq.heappop(timers))
+
+
+def install(loop: asyncio.AbstractEventLoop) -> bool:
+    """Replace the scheduler of trio-asyncio's ``loop`` (see the module doc); False if unable."""
+    from trio_asyncio import _base as trio_asyncio_base
+
+    async_handle = getattr(trio_asyncio_base, "AsyncHandle", None)
+    sniffio_local = getattr(trio_asyncio_base, "sniffio_library", None)
+    if (
+        getattr(loop, "_main_loop_one", None) is None
+        or async_handle is None
+        or sniffio_local is None
+        or not isinstance(getattr(loop, "_timers", None), list)
+        or not isinstance(getattr(loop, "_q_send", None), trio.MemorySendChannel)
+    ):
+        logger.warning("trio-asyncio's loop internals changed; keeping its own scheduler")
+        return False
+    queue = ReadyQueue(loop._timers)  # type: ignore[attr-defined]
+    ready = queue.ready
+    clock = time.perf_counter
+
+    async def start_trio_task(self: Any, handle: Any) -> None:
+        # A Trio function started from asyncio (trio_as_aio): as trio-asyncio does it.
+        handle._context.run(self._nursery.start_soon, handle._run, name=handle._callback)
+        await handle._started.wait()
+
+    async def run_ready(self: Any) -> None:
+        """One asyncio iteration: the handles ready now, in order."""
+        previous = sniffio_local.name
+        sniffio_local.name = "asyncio"
+        try:
+            for _ in range(len(ready)):
+                handle = ready.popleft()
+                if isinstance(handle, async_handle):
+                    sniffio_local.name = previous
+                    await start_trio_task(self, handle)
+                    sniffio_local.name = "asyncio"
+                elif not handle._cancelled:
+                    handle._run()
+        finally:
+            sniffio_local.name = previous
+
+    async def run_one(self: Any, handle: Any) -> None:
+        if isinstance(handle, async_handle):
+            await start_trio_task(self, handle)
+        elif not handle._cancelled:
+            previous, sniffio_local.name = sniffio_local.name, "asyncio"
+            try:
+                handle._run()
+            finally:
+                sniffio_local.name = previous
+
+    async def main_loop_one(self: Any, no_wait: bool = False) -> None:
+        if no_wait:  # the loop's shutdown drain: one handle at a time, WouldBlock when empty
+            queue.take_due(self.time())
+            if not ready:
+                raise trio.WouldBlock
+            return await run_one(self, ready.popleft())
+        await queue.wait(self.time())
+        stop_at = clock() + ROUND_BUDGET
+        for _ in range(ITERATIONS_PER_ROUND):
+            queue.take_due(self.time())
+            if not ready:
+                break
+            await run_ready(self)
+            if clock() >= stop_at:
+                break
+        await trio.lowlevel.checkpoint()
+
+    def queue_handle(self: Any, handle: asyncio.Handle) -> asyncio.Handle:
+        self._check_closed()
+        queue.send_nowait(handle)
+        return handle
+
+    # The loop task may already be blocked in trio-asyncio's channel receive: one no-op handle
+    # wakes it, and from its next iteration on it runs `main_loop_one` (looked up each time).
+    stock_channel = loop._q_send  # type: ignore[attr-defined]
+    loop._q_send = queue  # type: ignore[attr-defined]
+    loop._main_loop_one = types.MethodType(main_loop_one, loop)  # type: ignore[attr-defined]
+    loop._queue_handle = types.MethodType(queue_handle, loop)  # type: ignore[attr-defined]
+    stock_channel.send_nowait(asyncio.Handle(lambda: None, (), loop))
+    return True
