@@ -126,7 +126,10 @@ async def media(server: Server, plan: Plan, results: Results) -> None:
         for count in plan.media_loads:
             before = cpu_seconds(server.pid)
             calls = await load.calls(ws_url, mode, count, plan.media_seconds)
-            await trio.sleep(0.3)  # the bots' teardown after the hang-up is part of the cost
+            # The bots' teardown after the hang-up, and any backlog an overloaded server is
+            # still working through, are part of the cost -- and must not spill into the next
+            # scenario's figures.
+            await settle(server.pid)
             cpu = cpu_seconds(server.pid) - before
             rtts = [r for c in calls for r in c.rtts]
             key = f"{mode}_{count}"
@@ -139,6 +142,18 @@ async def media(server: Server, plan: Plan, results: Results) -> None:
                         sum(c.lost + c.reordered + c.corrupted for c in calls))  # fmt: skip
             if mode == "pipecat" and count == 10:
                 results.rtt_samples[server.kind.name] = [r * 1000 for r in rtts]
+
+
+async def settle(pid: int, window: float = 0.2, idle_share: float = 0.05, bound: float = 30.0) -> None:
+    """Return once the process has used under ``idle_share`` of a core over ``window`` seconds
+    (at least 0.3 s after the call, at most ``bound``)."""
+    await trio.sleep(0.3)
+    with trio.move_on_after(bound):
+        while True:
+            before = cpu_seconds(pid)
+            await trio.sleep(window)
+            if cpu_seconds(pid) - before <= idle_share * window:
+                return
 
 
 async def drain_accuracy(kind: Kind, results: Results) -> None:

@@ -80,3 +80,25 @@ async def test_the_baseline_loads_bots_without_trio_asyncio():
         [sys.executable, "-c", code], cwd=ROOT, capture_stdout=True, capture_stderr=True
     )
     assert result.stdout.decode().strip().splitlines()[-1] == "False", result.stderr.decode()
+
+
+async def test_settle_waits_until_a_busy_server_goes_idle():
+    # An overloaded server keeps working through its backlog after the calls end; the media
+    # rows count that work and wait for it, so it cannot spill into the next scenario.
+    from bench.scenarios import settle
+    from bench.servers import cpu_seconds
+
+    busy_then_idle = (
+        "import time\n"
+        "end = time.monotonic() + 1.0\n"
+        "while time.monotonic() < end: pass\n"
+        "time.sleep(60)\n"
+    )
+    child = await trio.lowlevel.open_process([sys.executable, "-c", busy_then_idle])
+    try:
+        await settle(child.pid, bound=20)
+        assert cpu_seconds(child.pid) >= 0.9  # it returned only after the busy second
+        assert child.returncode is None
+    finally:
+        child.kill()
+        await child.wait()

@@ -72,3 +72,13 @@ def test_bad_values_name_the_variable_and_value(env, fragment):
 def test_process_environment_is_read(monkeypatch):
     monkeypatch.setenv("PORT", "1234")
     assert load_settings().port == 1234
+
+
+@pytest.mark.parametrize(
+    ("level", "access_log"), [("DEBUG", True), ("INFO", True), ("WARNING", False), ("ERROR", False)]
+)
+def test_hypercorn_builds_access_lines_only_when_the_log_level_shows_them(level, access_log):
+    from pipecat_base.server import hypercorn_config
+
+    config = hypercorn_config(load_settings({"PIPECAT_LOG_LEVEL": level}))
+    assert (config.accesslog is not None) is access_log
