@@ -6,7 +6,7 @@ import base64
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,13 +79,37 @@ async def call(ws_url: str, mode: str, seconds: float) -> CallResult:
         async for n, frame in paced(frames):
             sent_at[n] = time.monotonic()
             await ws.send_message(protocol.media("twilio", n, frame))
-        with trio.move_on_after(2):
-            await all_heard.wait()
+        await until_heard(all_heard, lambda: len(heard_at))
         await ws.send_message(protocol.stop("twilio"))
         nursery.cancel_scope.cancel()
     result.rtts = [heard_at[k] - sent_at[k] for k in sorted(heard_at)]
     result.lost = len(frames) - len(heard_at)
     return result
+
+
+ECHO_SILENCE = 2.0
+ECHO_BOUND = 60.0
+
+
+async def until_heard(
+    all_heard: trio.Event,
+    heard: Callable[[], int],
+    silence: float = ECHO_SILENCE,
+    bound: float = ECHO_BOUND,
+) -> None:
+    """After the last frame: wait for the echoes still on their way.
+
+    Returns when every frame was heard, or when ``silence`` seconds pass without a new echo
+    (the rest is lost), or after ``bound`` seconds. An overloaded server answers late, not
+    never: its late echoes count in the RTT figures, not as lost frames.
+    """
+    with trio.move_on_after(bound):
+        while not all_heard.is_set():
+            before = heard()
+            with trio.move_on_after(silence):
+                await all_heard.wait()
+            if heard() == before:
+                return
 
 
 async def paced(frames: list[bytes]) -> AsyncIterator[tuple[int, bytes]]:

@@ -102,3 +102,34 @@ async def test_settle_waits_until_a_busy_server_goes_idle():
     finally:
         child.kill()
         await child.wait()
+
+
+async def test_late_echoes_are_waited_for_while_they_keep_coming(autojump_clock):
+    from bench.load import until_heard
+
+    heard = 0
+    all_heard = trio.Event()
+
+    async def slow_server() -> None:  # an echo every 1.5 s, five of them, then silence
+        nonlocal heard
+        for _ in range(5):
+            await trio.sleep(1.5)
+            heard += 1
+
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_server)
+        await until_heard(all_heard, lambda: heard, silence=2.0)
+    assert heard == 5
+    # Windows of 2 s: the last echo came at 7.5 s, the window 8-10 s heard none.
+    assert trio.current_time() - t0 == 10.0
+
+
+async def test_waiting_for_echoes_ends_at_once_when_all_are_heard(autojump_clock):
+    from bench.load import until_heard
+
+    all_heard = trio.Event()
+    all_heard.set()
+    t0 = trio.current_time()
+    await until_heard(all_heard, lambda: 0)
+    assert trio.current_time() == t0
