@@ -133,3 +133,15 @@ async def test_waiting_for_echoes_ends_at_once_when_all_are_heard(autojump_clock
     t0 = trio.current_time()
     await until_heard(all_heard, lambda: 0)
     assert trio.current_time() == t0
+
+
+def test_the_load_generator_leaves_the_servers_core_only_for_the_capacity_scenario():
+    import os
+
+    from bench.scenarios import off_core
+
+    cores = os.sched_getaffinity(0)
+    with off_core(0):
+        inside = os.sched_getaffinity(0)
+    assert inside == (cores - {0} if len(cores) > 1 else cores)
+    assert os.sched_getaffinity(0) == cores  # restored: later servers inherit every core
