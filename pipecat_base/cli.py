@@ -16,6 +16,7 @@ Startup runs in this order, each step visible here:
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import threading
@@ -158,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+    # On its way out the interpreter collects every tracked object once more: with pipecat
+    # loaded and the cyclic leftovers of many sessions that took 0.2-0.4 s of the container's
+    # grace period, for nothing. Frozen objects are left out of it; atexit handlers and module
+    # teardown still run (Python does not promise finalizers for objects alive at exit).
+    gc.freeze()
     return 0
 
 
