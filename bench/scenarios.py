@@ -146,7 +146,9 @@ async def media(server: Server, plan: Plan, results: Results) -> None:
                 results.rtt_samples[server.kind.name] = [r * 1000 for r in rtts]
 
 
-async def settle(pid: int, window: float = 0.2, idle_share: float = 0.05, bound: float = 30.0) -> None:
+async def settle(
+    pid: int, window: float = 0.2, idle_share: float = 0.05, bound: float = 30.0
+) -> None:
     """Return once the process has used under ``idle_share`` of a core over ``window`` seconds
     (at least 0.3 s after the call, at most ``bound``)."""
     await trio.sleep(0.3)

@@ -49,7 +49,7 @@ ROUND_BUDGET = 0.0005
 class ReadyQueue:
     """asyncio's ready queue and timer heap, standing in for trio-asyncio's memory channel."""
 
-    __slots__ = ("ready", "timers", "_waiter")
+    __slots__ = ("_waiter", "ready", "timers")
 
     def __init__(self, timers: list[asyncio.TimerHandle]) -> None:
         self.ready: deque[asyncio.Handle] = deque()

@@ -42,7 +42,8 @@ def load_bot_module(path: str) -> ModuleType:
     file = Path(path).resolve()
     sys.path.insert(0, str(file.parent))
     spec = importlib.util.spec_from_file_location(file.stem, file)
-    assert spec is not None and spec.loader is not None, path
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[file.stem] = module
     spec.loader.exec_module(module)
