@@ -39,15 +39,13 @@ def load_bot(spec: str, *, cwd: Path | None = None) -> BotModule:
     """Import the module named by ``spec`` and check its ``bot`` callable.
 
     Exceptions raised by the module's own import code propagate unchanged (a traceback and exit
-    code 1 tell the user more than any summary of ours).
+    code 1 tell the user more than any summary of ours). Imports nothing of its own: the server
+    imports trio_asyncio before any bot (see `pipecat_base.cli`), and the benchmark's asyncio
+    baseline loads bots with this function without it.
 
     Raises:
         BotLoadError: the module does not exist or has no ``async def bot(args)``.
     """
-    # trio_asyncio patches asyncio's loop lookup; it must be in place before user code (and
-    # pipecat) import asyncio helpers that capture those functions.
-    import trio_asyncio  # noqa: F401
-
     base = cwd or Path.cwd()
     path = Path(spec)
     if spec.endswith(".py") or "/" in spec:

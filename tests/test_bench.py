@@ -72,8 +72,9 @@ async def test_the_baseline_loads_bots_without_trio_asyncio():
     # baseline that imported it would not be the native asyncio server it stands for.
     code = (
         "import sys\n"
-        "from bench.baseline.__main__ import load_bot_module\n"
-        "assert callable(load_bot_module('bench/bots/bench_bot.py').bot)\n"
+        "import bench.baseline.__main__\n"
+        "from pipecat_base.loader import load_bot\n"
+        "assert callable(load_bot('bench/bots/bench_bot.py').bot)\n"
         "print('trio_asyncio' in sys.modules)\n"
     )
     result = await trio.run_process(

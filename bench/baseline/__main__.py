@@ -7,7 +7,8 @@ image registers them through ``PIPECAT_SETUP_FILES`` too).
 
 Nothing here may import trio-asyncio: importing it replaces ``asyncio.get_running_loop`` and
 friends process-wide with Python functions that, outside Trio, raise and catch two exceptions
-per call -- about a tenth of the baseline's CPU per pipecat call-second until 2026-11-24.
+per call -- about a tenth of the baseline's CPU per pipecat call-second until 2026-11-24, when
+`pipecat_base.loader` still imported it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import uvicorn
@@ -29,25 +28,10 @@ from loguru import logger
 from starlette.websockets import WebSocketState
 
 import pipecat_base
+from pipecat_base.loader import load_bot
 from pipecat_base.session_args import http_session_args, websocket_session_args
 
 OBSERVERS_SETUP = str(Path(pipecat_base.__file__).with_name("observers_setup.py"))
-
-
-def load_bot_module(path: str) -> ModuleType:
-    """Import the bot file as ``python bot.py`` would see it (its directory on ``sys.path``).
-
-    Not `pipecat_base.loader.load_bot`, which imports trio-asyncio first (see the module doc).
-    """
-    file = Path(path).resolve()
-    sys.path.insert(0, str(file.parent))
-    spec = importlib.util.spec_from_file_location(file.stem, file)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[file.stem] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def create_app(bot: Any) -> FastAPI:
@@ -98,7 +82,7 @@ def main() -> None:
     options = parser.parse_args()
     setup_files = [p for p in os.environ.get("PIPECAT_SETUP_FILES", "").split(os.pathsep) if p]
     os.environ["PIPECAT_SETUP_FILES"] = os.pathsep.join([*setup_files, OBSERVERS_SETUP])
-    app = create_app(load_bot_module(options.bot).bot)
+    app = create_app(load_bot(options.bot).bot)
     # As the existing image: loguru at PIPECAT_LOG_LEVEL, and shutdown bounded by
     # SHUTDOWN_TIMEOUT (its waiting server's deadline), here uvicorn's graceful timeout.
     logger.remove()
