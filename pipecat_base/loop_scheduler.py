@@ -131,22 +131,12 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
         finally:
             sniffio_local.name = previous
 
-    async def run_one(self: Any, handle: Any) -> None:
-        if isinstance(handle, async_handle):
-            await start_trio_task(self, handle)
-        elif not handle._cancelled:
-            previous, sniffio_local.name = sniffio_local.name, "asyncio"
-            try:
-                handle._run()
-            finally:
-                sniffio_local.name = previous
-
     async def main_loop_one(self: Any, no_wait: bool = False) -> None:
-        if no_wait:  # the loop's shutdown drain: one handle at a time, WouldBlock when empty
+        if no_wait:  # the loop's shutdown drain: an iteration per call, WouldBlock when empty
             queue.take_due(self.time())
             if not ready:
                 raise trio.WouldBlock
-            return await run_one(self, ready.popleft())
+            return await run_ready(self)
         await queue.wait(self.time())
         stop_at = clock() + ROUND_BUDGET
         for _ in range(ITERATIONS_PER_ROUND):
