@@ -177,15 +177,9 @@ async def test_unclosed_aiohttp_session_is_logged_not_raised(on_loop, logs):
 # -- the scheduler (pipecat_base.loop_scheduler) ------------------------------------------
 
 
-async def _rounds_while(
-    loop: asyncio.AbstractEventLoop, work: Callable[[], None], done: trio.Event | None = None
-) -> int:
-    """Trio scheduler rounds a bystander task gets while the loop runs what ``work`` queued.
-
-    Until ``done`` is set, or (without one) until a callback queued after ``work``'s has run.
-    """
-    queue_done = done is None
-    done = trio.Event() if done is None else done
+async def _rounds_until(done: trio.Event, work: Callable[[], None]) -> int:
+    """Trio scheduler rounds a bystander task gets from ``work()`` queueing callbacks until
+    ``done`` is set by one of them."""
     rounds = 0
 
     async def bystander() -> None:
@@ -197,8 +191,6 @@ async def _rounds_while(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bystander)
         work()
-        if queue_done:
-            loop.call_soon(done.set)
         await done.wait()
     return rounds
 
@@ -206,9 +198,14 @@ async def _rounds_while(
 async def test_ready_callbacks_run_in_one_trio_round_in_order():
     async with open_bridge_loop() as loop:
         ran: list[int] = []
-        rounds = await _rounds_while(
-            loop, lambda: [loop.call_soon(ran.append, i) for i in range(100)]
-        )
+        done = trio.Event()
+
+        def work() -> None:
+            for i in range(100):
+                loop.call_soon(ran.append, i)
+            loop.call_soon(done.set)
+
+        rounds = await _rounds_until(done, work)
     assert ran == list(range(100))
     # trio-asyncio's own scheduler takes one Trio round per callback (100 here).
     assert rounds <= 3
@@ -231,7 +228,7 @@ async def test_a_chain_of_callbacks_runs_as_asyncio_iterations_within_one_trio_r
             loop.call_soon(link, 1)
             loop.call_soon(ran.append, "queued before link2")
 
-        rounds = await _rounds_while(loop, work, chain_done)
+        rounds = await _rounds_until(chain_done, work)
     # asyncio's order: what an iteration queues runs after what was already queued.
     assert ran[:3] == ["link1", "queued before link2", "link2"]
     assert ran[3:] == [f"link{n}" for n in range(3, 9)]
@@ -246,6 +243,20 @@ async def test_a_cancelled_timer_never_runs(autojump_clock):
         loop.call_later(2, fired.append, "kept")
         await trio.sleep(3)
     assert fired == ["kept"]
+
+
+async def test_callbacks_queued_while_the_loop_stops_still_run():
+    ran: list[str] = []
+    async with open_bridge_loop() as loop:
+
+        def first() -> None:
+            ran.append("first")
+            loop.call_soon(ran.append, "queued by first")  # lands after the loop's stop
+
+        loop.call_soon(first)
+        loop.stop()  # its handle runs in first's iteration, before what first queues
+    # The stop handle ends the loop's main iterations; its exit drains what is left.
+    assert ran == ["first", "queued by first"]
 
 
 async def test_a_callback_chain_cannot_starve_trio_tasks(mock_clock):
@@ -295,12 +306,12 @@ async def test_timers_fire_when_due_in_virtual_time(autojump_clock):
 
 
 def test_an_unexpected_loop_keeps_its_own_scheduler(logs):
-    from pipecat_base.loop_scheduler import install as install_batched_scheduler
+    from pipecat_base.loop_scheduler import install
 
     class Unfamiliar:
         async def _main_loop_one(self, no_wait: bool = False) -> None: ...
 
-    assert install_batched_scheduler(Unfamiliar()) is False  # type: ignore[arg-type]
+    assert install(Unfamiliar()) is False  # type: ignore[arg-type]
     assert logs.having("trio-asyncio's loop internals changed; keeping its own scheduler")
 
 
