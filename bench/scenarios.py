@@ -7,7 +7,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,16 +147,21 @@ async def media(server: Server, plan: Plan, results: Results) -> None:
 
 
 async def settle(
-    pid: int, window: float = 0.2, idle_share: float = 0.05, bound: float = 30.0
+    pid: int,
+    window: float = 0.2,
+    idle_share: float = 0.05,
+    bound: float = 30.0,
+    after: float = 0.3,
+    cpu: Callable[[int], float] = cpu_seconds,
 ) -> None:
     """Return once the process has used under ``idle_share`` of a core over ``window`` seconds
-    (at least 0.3 s after the call, at most ``bound``)."""
-    await trio.sleep(0.3)
+    (at least ``after`` seconds after the call, at most ``bound``); ``cpu`` reads its CPU time."""
+    await trio.sleep(after)
     with trio.move_on_after(bound):
         while True:
-            before = cpu_seconds(pid)
+            before = cpu(pid)
             await trio.sleep(window)
-            if cpu_seconds(pid) - before <= idle_share * window:
+            if cpu(pid) - before <= idle_share * window:
                 return
 
 

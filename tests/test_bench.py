@@ -83,26 +83,30 @@ async def test_the_baseline_loads_bots_without_trio_asyncio():
     assert result.stdout.decode().strip().splitlines()[-1] == "False", result.stderr.decode()
 
 
-async def test_settle_waits_until_a_busy_server_goes_idle():
+async def test_settle_waits_until_a_busy_server_goes_idle(autojump_clock):
     # An overloaded server keeps working through its backlog after the calls end; the media
     # rows count that work and wait for it, so it cannot spill into the next scenario.
     from bench.scenarios import settle
-    from bench.servers import cpu_seconds
 
-    busy_then_idle = (
-        "import time\n"
-        "end = time.monotonic() + 1.0\n"
-        "while time.monotonic() < end: pass\n"
-        "time.sleep(60)\n"
-    )
-    child = await trio.lowlevel.open_process([sys.executable, "-c", busy_then_idle])
-    try:
-        await settle(child.pid, bound=20)
-        assert cpu_seconds(child.pid) >= 0.9  # it returned only after the busy second
-        assert child.returncode is None
-    finally:
-        child.kill()
-        await child.wait()
+    t0 = trio.current_time()
+    busy_until = 1.0  # a full core for the first second, then idle
+
+    def cpu(pid: int) -> float:
+        assert pid == 4242
+        return min(trio.current_time() - t0, busy_until)
+
+    await settle(4242, window=0.25, after=0.5, cpu=cpu)
+    # Windows 0.5-0.75 and 0.75-1.0 were busy; 1.0-1.25 was the first idle one.
+    assert trio.current_time() - t0 == 1.25
+    assert cpu(4242) >= 0.9  # it returned only after the busy second
+
+
+async def test_settle_gives_up_at_its_bound(autojump_clock):
+    from bench.scenarios import settle
+
+    t0 = trio.current_time()
+    await settle(1, window=0.25, after=0.5, bound=4.0, cpu=lambda _pid: trio.current_time())
+    assert trio.current_time() - t0 == 4.5  # a process busy forever: after + bound
 
 
 async def test_late_echoes_are_waited_for_while_they_keep_coming(autojump_clock):
