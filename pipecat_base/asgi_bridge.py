@@ -34,6 +34,8 @@ from typing import Any
 
 import trio
 
+from . import checkpoints
+
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -88,7 +90,9 @@ class AsgiBridge:
 
     async def _pump_in(self, receive: Receive) -> None:
         while True:
-            await self._credits.acquire()
+            # The server's receive() yields on every event (Hypercorn's is a channel receive),
+            # and the credits bound this loop anyway: no fairness round needed here.
+            await checkpoints.acquire(self._credits)
             event = await receive()
             self._inbox.put_nowait(event)
             if event["type"] in _DISCONNECTS:

@@ -40,6 +40,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from loguru import logger
 
+from . import tcp_server
 from .app import create_app
 from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
@@ -231,6 +232,7 @@ class Server:
 
     async def _serve_http(self, app: object, *, task_status: trio.TaskStatus[list[str]]) -> None:
         config = hypercorn_config(self.settings)
+        tcp_server.install()
         try:
             await hypercorn.trio.serve(
                 app,  # type: ignore[arg-type]

@@ -1,0 +1,135 @@
+"""`tcp_server`: Hypercorn's connection server with fewer Trio steps per WebSocket frame, and
+otherwise Hypercorn's behaviour. Real Hypercorn, real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import hypercorn.trio
+import hypercorn.trio.run
+import hypercorn.trio.task_group
+import hypercorn.trio.tcp_server
+import pytest
+import trio
+from hypercorn.config import Config
+from trio_websocket import open_websocket_url
+
+from pipecat_base import tcp_server
+
+from .steps import counting_steps
+
+FRAMES = 50
+STOCK = (hypercorn.trio.tcp_server.TCPServer, hypercorn.trio.task_group.TaskGroup)
+LEAN = (tcp_server.LeanTCPServer, tcp_server.LeanTaskGroup)
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A bare ASGI WebSocket echo, a plain HTTP 200, and a lifespan that just agrees."""
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    if scope["type"] == "lifespan":
+        while (event := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while (event := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": event["text"]})
+
+
+@asynccontextmanager
+async def serving(classes: tuple[type, type], config: Config) -> AsyncIterator[str]:
+    """Hypercorn serving `echo_app` with the given connection server and task group."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hypercorn.trio.run, "TCPServer", classes[0])
+        patch.setattr(hypercorn.trio.tcp_server, "TaskGroup", classes[1])
+        config.bind = ["127.0.0.1:0"]
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(hypercorn.trio.serve, echo_app, config, shutdown_trigger=stop.wait)
+            )
+            yield binds[0].replace("http://", "ws://")
+            stop.set()
+
+
+async def steps_per_echo(classes: tuple[type, type]) -> tuple[int, int]:
+    """Steps of the connection's reader task and of its app task over `FRAMES` echoes, one
+    frame in flight at a time (as a call's inbound audio arrives)."""
+    async with serving(classes, Config()) as url, open_websocket_url(url) as ws:
+        await ws.send_message("warm-up")
+        await ws.get_message()
+        with counting_steps("._run_handler", "._handle") as steps:
+            for n in range(FRAMES):
+                await ws.send_message(f"frame {n}")
+                assert await ws.get_message() == f"frame {n}"
+    return steps.counts["._run_handler"], steps.counts["._handle"]
+
+
+async def test_each_frame_costs_one_step_fewer_in_each_direction():
+    stock_reader, stock_app = await steps_per_echo(STOCK)
+    lean_reader, lean_app = await steps_per_echo(LEAN)
+    # Stock: the reader wakes for the frame and yields again handing it to the app; the app
+    # wakes for it, yields taking the send lock, and yields in the socket send.
+    assert (stock_reader, stock_app) == (2 * FRAMES, 3 * FRAMES)
+    # Lean: no fairness round after handing over the frame nor after taking the free lock.
+    assert (lean_reader, lean_app) == (FRAMES, 2 * FRAMES)
+
+
+@pytest.mark.parametrize("read_timeout", [None, 2])
+@pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
+async def test_read_timeout_behaves_as_in_hypercorn(autojump_clock, classes, read_timeout):
+    config = Config()
+    config.read_timeout = read_timeout
+    config.keep_alive_timeout = 60
+    async with serving(classes, config) as url:
+        host, port = url.removeprefix("ws://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        await trio.sleep(3)
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        try:
+            reply = await stream.receive_some()
+        except trio.BrokenResourceError:  # closed with the request unread: a reset
+            reply = b""
+        if read_timeout is None:
+            assert reply.startswith(b"HTTP/1.1 200")
+        else:  # reading stopped at 2 s; the idle connection is closed at the keep-alive timeout
+            assert reply == b""
+            assert trio.current_time() == 60
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
+async def test_a_client_closing_at_once_ends_the_connection_as_in_hypercorn(
+    autojump_clock, classes
+):
+    config = Config()
+    config.keep_alive_timeout = 60
+    async with serving(classes, config) as url:
+        with counting_steps("._run_handler") as tasks:
+            host, port = url.removeprefix("ws://").split(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.aclose()
+            await tasks.exited["._run_handler"].wait()
+            # Hypercorn's idle task holds a connection that never sent a request until the
+            # keep-alive timeout; the lean reader changes nothing about that.
+            assert trio.current_time() == 60
+        # Reading stopped at the EOF: a handful of steps (9 with Hypercorn 0.18), not a loop
+        # over empty reads.
+        assert tasks.counts["._run_handler"] <= 12
+
+
+def test_install_makes_hypercorns_trio_worker_use_the_lean_classes():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hypercorn.trio.run, "TCPServer", STOCK[0])
+        patch.setattr(hypercorn.trio.tcp_server, "TaskGroup", STOCK[1])
+        tcp_server.install()
+        tcp_server.install()
+        assert hypercorn.trio.run.TCPServer is tcp_server.LeanTCPServer
+        assert hypercorn.trio.tcp_server.TaskGroup is tcp_server.LeanTaskGroup
