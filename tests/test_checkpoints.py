@@ -9,32 +9,36 @@ import trio
 from pipecat_base import checkpoints
 
 
-async def _ran_meanwhile(action) -> bool:
-    """Whether another runnable task got scheduled while ``action()`` was awaited."""
-    ran = False
+async def _yielded(action) -> bool:
+    """Whether awaiting ``action()`` gave the scheduler a round (this task took a new step)."""
+    this = trio.lowlevel.current_task()
+    steps = 0
 
-    async def bystander() -> None:
-        nonlocal ran
-        ran = True
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            nonlocal steps
+            steps += task is this
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(bystander)
+    instrument = Steps()
+    trio.lowlevel.add_instrument(instrument)
+    try:
         await action()
-        meanwhile = ran
-    return meanwhile
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    return steps > 0
 
 
 async def test_stock_acquire_and_send_yield_even_when_nothing_waits():
     # What the module avoids (if trio stops doing this, the module is no longer needed).
     send, _receive = trio.open_memory_channel[int](1)
-    assert await _ran_meanwhile(trio.Lock().acquire)
-    assert await _ran_meanwhile(lambda: send.send(1))
+    assert await _yielded(trio.Lock().acquire)
+    assert await _yielded(lambda: send.send(1))
 
 
 async def test_acquire_takes_a_free_lock_or_semaphore_without_a_round():
     lock, semaphore = trio.Lock(), trio.Semaphore(1)
-    assert not await _ran_meanwhile(lambda: checkpoints.acquire(lock))
-    assert not await _ran_meanwhile(lambda: checkpoints.acquire(semaphore))
+    assert not await _yielded(lambda: checkpoints.acquire(lock))
+    assert not await _yielded(lambda: checkpoints.acquire(semaphore))
     assert lock.locked()
     assert semaphore.value == 0
 
@@ -66,7 +70,7 @@ async def test_acquire_is_a_cancellation_point_and_takes_nothing_when_cancelled(
 
 async def test_send_puts_without_a_round_when_there_is_room():
     send, receive = trio.open_memory_channel[int](1)
-    assert not await _ran_meanwhile(lambda: checkpoints.send(send, 7))
+    assert not await _yielded(lambda: checkpoints.send(send, 7))
     assert receive.receive_nowait() == 7
 
 
