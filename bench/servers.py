@@ -73,9 +73,16 @@ class Server:
 
 @asynccontextmanager
 async def running(
-    kind: Kind, bot: str = BENCH_BOT, *, env: dict[str, str] | None = None, cpu: int | None = None
+    kind: Kind,
+    bot: str = BENCH_BOT,
+    *,
+    env: dict[str, str] | None = None,
+    cpu: int | None = None,
+    root: Path | None = None,
 ) -> AsyncIterator[Server]:
-    """A server of ``kind`` on a free port, ready (``/livez`` 200) when yielded."""
+    """A server of ``kind`` on a free port, ready (``/livez`` 200) when yielded; its code is
+    taken from ``root`` (another checkout of this repository; this one by default)."""
+    root = root or ROOT
     port = free_port()
     argv = [sys.executable, "-m", kind.module]
     argv += ["serve", bot] if kind is OURS else [bot, "--port", str(port)]
@@ -85,10 +92,10 @@ async def running(
     # baseline has none, and the comparison is of the serving stack (see bench/NOTES.md).
     child_env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1",
                  "PIPECAT_LOG_LEVEL": "WARNING", "PCC_RELEASE_SESSION_MEMORY": "false",
-                 "PYTHONPATH": str(ROOT), **(env or {})}  # fmt: skip
+                 "PYTHONPATH": str(root), **(env or {})}  # fmt: skip
     started = time.monotonic()
     process = await trio.lowlevel.open_process(
-        argv, env=child_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv, env=child_env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
     try:

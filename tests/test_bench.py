@@ -150,3 +150,42 @@ def test_the_load_generator_leaves_the_servers_core_only_for_the_capacity_scenar
         inside = os.sched_getaffinity(0)
     assert inside == (cores - {0} if len(cores) > 1 else cores)
     assert os.sched_getaffinity(0) == cores  # restored: later servers inherit every core
+
+
+def test_ab_variants_are_checkouts_or_the_baseline(tmp_path):
+    import argparse
+
+    from bench.ab import parse_variant
+    from bench.servers import BASELINE, OURS
+
+    assert parse_variant("baseline").kind is BASELINE
+    here = parse_variant(f"now={ROOT}")
+    assert (here.name, here.kind, here.root) == ("now", OURS, ROOT.resolve())
+    for bad in (str(ROOT), f"x={tmp_path}", f"={ROOT}"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=CHECKOUT"):
+            parse_variant(bad)
+
+
+def test_ab_ratios_are_per_run_against_the_first_variant():
+    from bench.ab import RunResult, paired_ratios
+
+    runs = [
+        {"a": RunResult(20.0, 0), "b": RunResult(18.0, 0), "c": RunResult(30.0, 0)},
+        {"a": RunResult(40.0, 0), "b": RunResult(38.0, 0), "c": RunResult(44.0, 0)},
+    ]
+    assert paired_ratios(runs, "a") == {"b": [0.9, 0.95], "c": [1.5, 1.1]}
+
+
+@needs_pipecat
+@pytest.mark.slow
+async def test_ab_runs_the_variants_servers_at_once_under_the_same_calls():
+    from bench.ab import Variant, paired_run
+    from bench.servers import BASELINE, OURS
+
+    variants = [Variant("ours", OURS, ROOT), Variant("baseline", BASELINE, ROOT)]
+    with trio.fail_after(120):
+        run = await paired_run(variants, "raw", calls=2, seconds=1.0)
+    assert sorted(run) == ["baseline", "ours"]
+    for result in run.values():
+        assert result.cpu_ms_per_call_second > 0
+        assert result.lost_reordered_corrupted == 0
