@@ -52,9 +52,6 @@ class SendLock:
     ) -> None:
         self._lock.release()
 
-    def locked(self) -> bool:
-        return self._lock.locked()
-
 
 class LeanTaskGroup(TaskGroup):
     """Hypercorn's per-connection task group; the app's events go in with `checkpoints.send`."""
