@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 
 from . import load, servers
+from .scenarios import settle
 
 BASELINE_NAME = "baseline"
 
@@ -69,20 +70,15 @@ async def paired_run(
             await nursery.start(serve, variant)
 
         async def measure(name: str, server: servers.Server) -> None:
-            url = server.url.replace("http://", "ws://") + "/ws"
             before = servers.cpu_seconds(server.pid)
-            made = await load.calls(url, mode, calls, seconds)
-            await trio.sleep(0.5)  # the bots' teardown after the hang-up counts
+            made = await load.calls(server.ws_url, mode, calls, seconds)
+            await settle(server.pid)  # the bots' teardown and any backlog count, as in the bench
             cpu = servers.cpu_seconds(server.pid) - before
-            results[name] = RunResult(
-                cpu * 1000 / (calls * seconds),
-                sum(c.lost + c.reordered + c.corrupted for c in made),
-            )
+            results[name] = RunResult(cpu * 1000 / (calls * seconds), sum(c.faults for c in made))
 
         async with trio.open_nursery() as warm_up:  # imports and first-call costs, not counted
             for server in ready.values():
-                url = server.url.replace("http://", "ws://") + "/ws"
-                warm_up.start_soon(load.calls, url, mode, 1, 1.0)
+                warm_up.start_soon(load.calls, server.ws_url, mode, 1, 1.0)
         async with trio.open_nursery() as runs:
             for name, server in ready.items():
                 runs.start_soon(measure, name, server)

@@ -27,6 +27,11 @@ class CallResult:
     reordered: int = 0
     corrupted: int = 0
 
+    @property
+    def faults(self) -> int:
+        """Frames lost, reordered or corrupted: zero on a correct server."""
+        return self.lost + self.reordered + self.corrupted
+
 
 async def call(ws_url: str, mode: str, seconds: float) -> CallResult:
     """One call: handshake, ``seconds`` of audio in real time, then hang up.

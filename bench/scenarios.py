@@ -120,7 +120,7 @@ async def memory(server: Server, plan: Plan, results: Results) -> None:
 
 
 async def media(server: Server, plan: Plan, results: Results) -> None:
-    ws_url = server.url.replace("http://", "ws://") + "/ws"
+    ws_url = server.ws_url
     rtts = await load.ping_pong(ws_url, plan.ping_pong_frames)
     results.add("ping_pong_rtt_p50_ms", server.kind, pct(rtts, 50) * 1000)
     results.add("ping_pong_rtt_p99_ms", server.kind, pct(rtts, 99) * 1000)
@@ -140,8 +140,9 @@ async def media(server: Server, plan: Plan, results: Results) -> None:
             )
             results.add(f"rtt_p50_ms_{key}", server.kind, pct(rtts, 50) * 1000)
             results.add(f"rtt_p99_ms_{key}", server.kind, pct(rtts, 99) * 1000)
-            results.add(f"lost_reordered_corrupted_frames_{key}", server.kind,
-                        sum(c.lost + c.reordered + c.corrupted for c in calls))  # fmt: skip
+            results.add(
+                f"lost_reordered_corrupted_frames_{key}", server.kind, sum(c.faults for c in calls)
+            )
             if mode == "pipecat" and count == 10:
                 results.rtt_samples[server.kind.name] = [r * 1000 for r in rtts]
 
@@ -201,7 +202,7 @@ async def capacity(kind: Kind, plan: Plan, results: Results) -> None:
     best = 0
     with off_core(0):
         async with running(kind, cpu=0) as server:
-            ws_url = server.url.replace("http://", "ws://") + "/ws"
+            ws_url = server.ws_url
             for count in plan.capacity_ladder:
                 calls = await load.calls(ws_url, "pipecat", count, plan.capacity_seconds)
                 if pct([r for c in calls for r in c.rtts], 99) >= CALL_P99_BUDGET:

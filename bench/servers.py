@@ -62,6 +62,10 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
     async def stop(self) -> float:
         """SIGTERM; the seconds until the process exited."""
         sent = time.monotonic()
