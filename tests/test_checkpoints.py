@@ -8,24 +8,15 @@ import trio
 
 from pipecat_base import checkpoints
 
+from .steps import counting_steps
+
 
 async def _yielded(action) -> bool:
     """Whether awaiting ``action()`` gave the scheduler a round (this task took a new step)."""
-    this = trio.lowlevel.current_task()
-    steps = 0
-
-    class Steps(trio.abc.Instrument):
-        def before_task_step(self, task: trio.lowlevel.Task) -> None:
-            nonlocal steps
-            steps += task is this
-
-    instrument = Steps()
-    trio.lowlevel.add_instrument(instrument)
-    try:
+    this = trio.lowlevel.current_task().name
+    with counting_steps(this) as steps:
         await action()
-    finally:
-        trio.lowlevel.remove_instrument(instrument)
-    return steps > 0
+    return steps.counts[this] > 0
 
 
 async def test_stock_acquire_and_send_yield_even_when_nothing_waits():
