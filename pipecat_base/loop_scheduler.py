@@ -17,8 +17,8 @@ does, on the same Trio task:
   callbacks they queue run in the next iteration. Up to `ITERATIONS_PER_ROUND` iterations, or
   `ROUND_BUDGET` seconds, run before the task yields to Trio, so Trio tasks (the sockets, the
   session's cancel scopes) get the CPU back at least every few hundred microseconds;
-* when nothing is ready, the task sleeps on a `trio.Event` until a handle is queued or until the
-  first timer's deadline (the loop's ``time()`` is Trio's clock, so asyncio deadlines are Trio
+* when nothing is ready, the task sleeps (parked, at most one Trio step per wake-up) until a
+  handle is queued or until the first timer's deadline (the loop's ``time()`` is Trio's clock, so asyncio deadlines are Trio
   deadlines, and virtual-time tests drive asyncio timers too).
 
 It relies on trio-asyncio internals (``_main_loop_one``, ``_q_send``, ``_timers``,
@@ -54,7 +54,9 @@ class ReadyQueue:
     def __init__(self, timers: list[asyncio.TimerHandle]) -> None:
         self.ready: deque[asyncio.Handle] = deque()
         self.timers = timers
-        self._waiter: trio.Event | None = None
+        # The loop's task while it sleeps in `wait` (parked directly: a trio.Event per idle
+        # costs an allocation and a parking lot for one known waiter).
+        self._waiter: trio.lowlevel.Task | None = None
 
     def send_nowait(self, handle: asyncio.Handle) -> None:
         """Queue ``handle`` (the name is the memory channel's, which trio-asyncio calls)."""
@@ -65,7 +67,7 @@ class ReadyQueue:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            waiter.set()
+            trio.lowlevel.reschedule(waiter)
 
     async def wait(self, time_now: float) -> None:
         """Return when a handle is ready or the first timer is due (``time_now`` is Trio time)."""
@@ -77,12 +79,21 @@ class ReadyQueue:
         deadline = timers[0]._when if timers else math.inf
         if deadline <= time_now:
             return
-        waiter = self._waiter = trio.Event()
-        try:
+        self._waiter = trio.lowlevel.current_task()
+        if deadline == math.inf:
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        else:
             with trio.move_on_at(deadline):
-                await waiter.wait()
-        finally:
-            self._waiter = None
+                await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        # The deadline (or a cancellation) ended the sleep: no handle may wake it any more.
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def pending(self, time_now: float) -> bool:
+        """A handle is ready, or a timer is due (``time_now`` is Trio time)."""
+        return bool(self.ready) or bool(self.timers and self.timers[0]._when <= time_now)
 
     def take_due(self, time_now: float) -> None:
         """Move the timers due at ``time_now`` to the end of the ready queue."""
@@ -146,7 +157,10 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
             await run_ready(self)
             if clock() >= stop_at:
                 break
-        await trio.lowlevel.checkpoint()
+        # Yield here only when work is left. Otherwise the next call sleeps in `queue.wait`,
+        # which yields anyway: a checkpoint first would cost every wake-up a second Trio step.
+        if queue.pending(self.time()):
+            await trio.lowlevel.checkpoint()
 
     def queue_handle(self: Any, handle: asyncio.Handle) -> asyncio.Handle:
         self._check_closed()

@@ -17,6 +17,8 @@ import trio.testing
 from pipecat_base.bridge import open_bridge_loop, wait_task
 from pipecat_base.loop_scheduler import ITERATIONS_PER_ROUND
 
+from .steps import counting_steps
+
 needs_311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio API of Python 3.11")
 
 
@@ -234,6 +236,37 @@ async def test_a_chain_of_callbacks_runs_as_asyncio_iterations_within_one_trio_r
     assert ran[3:] == [f"link{n}" for n in range(3, 9)]
     # trio-asyncio's own scheduler takes a Trio round per link (8 here).
     assert rounds <= 3
+
+
+async def test_waking_an_idle_loop_costs_it_one_trio_step():
+    async with open_bridge_loop() as loop:
+        for _ in range(5):  # let the loop go idle
+            await trio.lowlevel.checkpoint()
+        done = trio.Event()
+        with counting_steps("_main_loop") as steps:
+            for _ in range(10):
+                loop.call_soon(done.set)
+                await done.wait()
+                done = trio.Event()
+                for _ in range(5):  # the loop has nothing left and sleeps again
+                    await trio.lowlevel.checkpoint()
+    # One step runs the callback and goes back to sleep; a yield before sleeping made it two.
+    assert steps.counts["_main_loop"] == 10
+
+
+async def test_a_timer_wakes_an_idle_loop_in_one_step(autojump_clock):
+    async with open_bridge_loop() as loop:
+        await trio.sleep(1)
+        fired = trio.Event()
+        with counting_steps("_main_loop") as steps:
+            loop.call_later(5, fired.set)
+            t0 = trio.current_time()
+            await fired.wait()
+            assert trio.current_time() == t0 + 5
+            await trio.sleep(1)
+    # The call_later wakes the sleeping loop to take the new deadline (a step), the deadline
+    # wakes it again to run the timer (a step).
+    assert steps.counts["_main_loop"] == 2
 
 
 async def test_a_cancelled_timer_never_runs(autojump_clock):
