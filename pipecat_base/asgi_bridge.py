@@ -8,10 +8,13 @@ Per-frame cost matters (a call carries ~50 frames in and ~25 out per second), so
 crosses the bridge once and no task is spawned per message: two long-lived trio tasks pump the
 connection for its whole life.
 
-* **trio → asyncio** (`_pump_in`): reads the next ASGI event and puts it on an
-  ``asyncio.Queue``. Credits (a ``trio.Semaphore`` the asyncio side releases as it takes
-  events) bound how far reading runs ahead, so a bot that stops reading applies backpressure to
-  the socket instead of buffering without limit.
+* **trio → asyncio**: each ASGI event is put on an ``asyncio.Queue``. Credits (a
+  ``trio.Semaphore`` the asyncio side releases as it takes events) bound how far reading runs
+  ahead, so a bot that stops reading applies backpressure to the socket instead of buffering
+  without limit. When ``receive`` is an `app_inbox.AppInbox`'s (Hypercorn's connections, see
+  `tcp_server`), the bridge diverts it: Hypercorn's reader task delivers each event itself,
+  waiting for a credit when there is none. Any other ``receive`` is pumped by a task
+  (`_pump_in`).
 * **asyncio → trio** (`_pump_out`): the asyncio ``send`` puts the message on a trio channel
   and the pump sends in order. While fewer than `SEND_CREDITS` messages are in flight, ``send``
   returns as soon as its message is queued -- no round trip back to asyncio per message; past
@@ -35,6 +38,7 @@ from typing import Any
 import trio
 
 from . import checkpoints
+from .app_inbox import AppInbox
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -57,6 +61,10 @@ class AsgiBridge:
         self._loop = loop
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._credits = trio.Semaphore(RECEIVE_CREDITS)
+        # Events queued without a credit (taken over from a diverted inbox): the asyncio side
+        # repays these before it gives credits back.
+        self._debt = 0
+        self._diverted: AppInbox | None = None
         self._outbox, self._outbox_out = trio.open_memory_channel[
             tuple[Message, "asyncio.Future[None] | None"]
         ](math.inf)
@@ -69,7 +77,10 @@ class AsgiBridge:
     async def receive(self) -> Message:
         """asyncio side: the next ASGI event from the peer."""
         event = await self._inbox.get()
-        self._credits.release()
+        if self._debt:
+            self._debt -= 1
+        else:
+            self._credits.release()
         return event
 
     async def send(self, message: Message) -> None:
@@ -88,16 +99,46 @@ class AsgiBridge:
         if future is not None:
             await future
 
+    def _queue(self, event: Message) -> None:
+        self._inbox.put_nowait(event)
+        if event["type"] in _DISCONNECTS:
+            self.disconnected.set()
+
     async def _pump_in(self, receive: Receive) -> None:
-        while True:
-            # The server's receive() yields on every event (Hypercorn's is a channel receive),
-            # and the credits bound this loop anyway: no fairness round needed here.
+        while not self.disconnected.is_set():
+            # The server's receive() yields on every event, and the credits bound this loop
+            # anyway: no fairness round needed here.
             await checkpoints.acquire(self._credits)
-            event = await receive()
-            self._inbox.put_nowait(event)
-            if event["type"] in _DISCONNECTS:
-                self.disconnected.set()
-                return
+            self._queue(await receive())
+
+    def _divert(self, inbox: AppInbox) -> None:
+        self._diverted = inbox
+        for event in inbox.divert(self._deliver):
+            try:
+                self._credits.acquire_nowait()
+            except trio.WouldBlock:
+                self._debt += 1
+            self._queue(event)
+
+    async def _deliver(self, event: Message) -> None:
+        """Run by the server's reader task for each event of the diverted inbox."""
+        inbox = self._diverted
+        # The reader's next socket read yields: no fairness round needed here.
+        await checkpoints.acquire(self._credits)
+        if self._diverted is None and inbox is not None:
+            # The bridge ended while this waited (`_undivert` woke it): the event is the app's
+            # again, as if it had never been diverted.
+            await inbox.put(event)
+            return
+        self._queue(event)
+
+    def _undivert(self) -> None:
+        inbox, self._diverted = self._diverted, None
+        if inbox is None:
+            return
+        inbox.restore()
+        # A reader still waiting for a credit must not wait forever: this wakes it.
+        self._credits.release()
 
     async def _pump_out(self, send: Send) -> None:
         try:
@@ -138,11 +179,16 @@ async def open_asgi_bridge(
     """
     bridge = AsgiBridge(loop)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(bridge._pump_in, receive)
+        inbox = getattr(receive, "__self__", None)
+        if isinstance(inbox, AppInbox) and receive == inbox.receive:
+            bridge._divert(inbox)
+        else:
+            nursery.start_soon(bridge._pump_in, receive)
         nursery.start_soon(bridge._pump_out, send)
         try:
             yield bridge
         finally:
+            bridge._undivert()
             # send() returns once a message is queued: what an app sent just before returning
             # (a response body, a bot's last frames) must still go out.
             with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):

@@ -8,11 +8,14 @@ a noticeable share of a call's CPU (``py-spy`` on 10 pipecat calls, see ``bench/
   configured (ours) a cancel scope that can never fire, built and torn down per read;
 * every send takes ``send_lock`` with ``trio.Lock.acquire``, and every received frame goes
   to the app with ``MemorySendChannel.send``; each ends with a fairness round, a whole Trio
-  task step per frame, although the socket send or read that follows yields anyway.
+  task step per frame, although the socket send or read that follows yields anyway;
+* every received frame crosses a memory channel to the app's task -- for a bridged app, only
+  for a pump task to hand it on to asyncio.
 
 `LeanTCPServer` reads without the scope when no read timeout is set (Hypercorn's own loop
-otherwise), takes the send lock with `checkpoints.acquire`, and hands frames to the app with
-`checkpoints.send` (`LeanTaskGroup`). Everything else -- protocol handling, closing, idle
+otherwise) and takes the send lock with `checkpoints.acquire`; `LeanTaskGroup` gives each app
+an `AppInbox`, which puts with `checkpoints.send` and which `asgi_bridge` takes over, so the
+reader hands frames straight to asyncio. Everything else -- protocol handling, closing, idle
 timeouts -- is Hypercorn's. `install` makes Hypercorn's trio worker use them.
 ``tests/test_tcp_server.py`` runs real Hypercorn with and without them: the steps per frame
 (one fewer in each direction) and the read-timeout and close behaviour are checked against
@@ -28,11 +31,14 @@ from typing import Any
 import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import trio
+from hypercorn.config import Config
 from hypercorn.events import Closed, RawData
 from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.task_group import _handle as hypercorn_handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
 from . import checkpoints
+from .app_inbox import AppInbox
 
 
 class SendLock:
@@ -54,18 +60,32 @@ class SendLock:
 
 
 class LeanTaskGroup(TaskGroup):
-    """Hypercorn's per-connection task group; the app's events go in with `checkpoints.send`."""
+    """Hypercorn's per-connection task group; each app's events arrive through an `AppInbox`.
 
-    async def spawn_app(self, *args: Any, **kwargs: Any) -> Callable[[Any], Awaitable[None]]:
-        put = await super().spawn_app(*args, **kwargs)
-        channel = getattr(put, "__self__", None)  # Hypercorn returns the channel's ``send``
-        if not isinstance(channel, trio.MemorySendChannel):
-            return put
+    The app is run exactly as Hypercorn's own ``spawn_app`` runs it (its ``_handle``: errors
+    logged, ``send(None)`` at the end); only the channel between reader and app differs.
+    """
 
-        async def lean_put(event: Any) -> None:
-            await checkpoints.send(channel, event)
-
-        return lean_put
+    async def spawn_app(
+        self,
+        app: Any,
+        config: Config,
+        scope: Any,
+        send: Callable[[Any], Awaitable[None]],
+    ) -> Callable[[Any], Awaitable[None]]:
+        inbox = AppInbox(config.max_app_queue_size)
+        assert self._nursery is not None
+        self._nursery.start_soon(
+            hypercorn_handle,
+            app,
+            config,
+            scope,
+            inbox.receive,
+            send,
+            trio.to_thread.run_sync,
+            trio.from_thread.run,
+        )
+        return inbox.put
 
 
 class LeanTCPServer(TCPServer):

@@ -1,10 +1,12 @@
-"""`asgi_bridge`'s inbound pump: one Trio step per event, and reading bounded by credits."""
+"""`asgi_bridge`'s inbound side: one Trio step per event through the pump, none of its own
+through a diverted `AppInbox`, and reading bounded by credits either way."""
 
 from __future__ import annotations
 
 import trio
 import trio.testing
 
+from pipecat_base.app_inbox import AppInbox
 from pipecat_base.asgi_bridge import RECEIVE_CREDITS, open_asgi_bridge
 from pipecat_base.bridge import open_bridge_loop, wait_task
 
@@ -52,3 +54,108 @@ async def test_reading_stops_at_the_credits_until_the_asyncio_side_takes_events(
             await wait_task(loop.create_task(take(5)), cancel_grace=1)
             await trio.testing.wait_all_tasks_blocked()
             assert receive.statistics().current_buffer_used == 100 - RECEIVE_CREDITS - 5
+
+
+def _event(n: int) -> dict:
+    return {"type": "websocket.receive", "text": str(n)}
+
+
+async def _take(loop, bridge, count: int) -> list[str]:
+    async def take() -> list[str]:
+        return [(await bridge.receive())["text"] for _ in range(count)]
+
+    task = loop.create_task(take())
+    await wait_task(task, cancel_grace=1)
+    return task.result()
+
+
+async def test_a_diverted_inbox_delivers_from_the_reader_in_order_without_a_pump():
+    inbox = AppInbox(10)
+    for n in range(3):  # arrived before the bridge: they come first
+        await inbox.put(_event(n))
+    async with open_bridge_loop() as loop:
+        with counting_steps("._pump_in", ".reader") as steps:
+            async with open_asgi_bridge(loop, inbox.receive, _no_send) as bridge:
+
+                async def reader() -> None:
+                    for n in range(3, 20):
+                        await inbox.put(_event(n))
+                    await inbox.put({"type": "websocket.disconnect", "code": 1000})
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(reader)
+                assert bridge.disconnected.is_set()
+                assert await _take(loop, bridge, 20) == [str(n) for n in range(20)]
+    assert steps.counts["._pump_in"] == 0
+    # The reader delivers all 18 events in its first step: with credits free, nothing yields.
+    assert steps.counts[".reader"] == 1
+
+
+async def test_a_diverted_reader_waits_at_the_credits_until_the_asyncio_side_takes_events():
+    inbox = AppInbox(10)
+    delivered = 0
+
+    async def reader() -> None:
+        nonlocal delivered
+        for n in range(100):
+            await inbox.put(_event(n))
+            delivered += 1
+
+    async with open_bridge_loop() as loop:
+        async with open_asgi_bridge(loop, inbox.receive, _no_send) as bridge:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                assert delivered == RECEIVE_CREDITS
+                assert await _take(loop, bridge, 5) == [str(n) for n in range(5)]
+                await trio.testing.wait_all_tasks_blocked()
+                assert delivered == RECEIVE_CREDITS + 5
+                nursery.cancel_scope.cancel()
+
+
+async def test_a_reader_waiting_when_the_bridge_ends_hands_its_event_back_to_the_inbox(
+    autojump_clock,
+):
+    inbox = AppInbox(10)
+    async with open_bridge_loop() as loop:
+        # A reader left waiting would hold the nursery open: fail (in virtual time), not hang.
+        with trio.fail_after(1):
+            async with trio.open_nursery() as nursery:
+                async with open_asgi_bridge(loop, inbox.receive, _no_send):
+
+                    async def reader() -> None:
+                        for n in range(RECEIVE_CREDITS + 2):
+                            await inbox.put(_event(n))
+
+                    nursery.start_soon(reader)
+                    await trio.testing.wait_all_tasks_blocked()  # waits with event 32
+                # The bridge ended: the waiting event and the next go where the app reads.
+    assert (await inbox.receive())["text"] == str(RECEIVE_CREDITS)
+    assert (await inbox.receive())["text"] == str(RECEIVE_CREDITS + 1)
+
+
+async def test_events_queued_past_the_credits_when_diverted_are_repaid_before_credits_return():
+    inbox = AppInbox(RECEIVE_CREDITS + 8)
+    for n in range(RECEIVE_CREDITS + 8):
+        await inbox.put(_event(n))
+    delivered = 0
+
+    async def reader() -> None:
+        nonlocal delivered
+        for n in range(RECEIVE_CREDITS + 8, 200):
+            await inbox.put(_event(n))
+            delivered += 1
+
+    async with open_bridge_loop() as loop:
+        async with open_asgi_bridge(loop, inbox.receive, _no_send) as bridge:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                assert delivered == 0  # 40 queued against 32 credits
+                await _take(loop, bridge, 8)  # repays the 8 taken without a credit
+                await trio.testing.wait_all_tasks_blocked()
+                assert delivered == 0
+                await _take(loop, bridge, 3)
+                await trio.testing.wait_all_tasks_blocked()
+                assert delivered == 3
+                nursery.cancel_scope.cancel()

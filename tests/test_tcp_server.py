@@ -18,6 +18,8 @@ from hypercorn.config import Config
 from trio_websocket import open_websocket_url
 
 from pipecat_base import tcp_server
+from pipecat_base.asgi_bridge import open_asgi_bridge
+from pipecat_base.bridge import open_bridge_loop, wait_task
 
 from .steps import counting_steps
 
@@ -43,9 +45,26 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.send", "text": event["text"]})
 
 
+def bridged_echo_app(loop: Any) -> Any:
+    """`echo_app`'s WebSocket echo run on the asyncio side of an `asgi_bridge`, as /ws bots are."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await echo_app(scope, receive, send)
+            return
+        async with open_asgi_bridge(loop, receive, send) as bridge:
+            await wait_task(
+                loop.create_task(echo_app(scope, bridge.receive, bridge.send)), cancel_grace=1
+            )
+
+    return app
+
+
 @asynccontextmanager
-async def serving(classes: tuple[type, type], config: Config) -> AsyncIterator[str]:
-    """Hypercorn serving `echo_app` with the given connection server and task group."""
+async def serving(
+    classes: tuple[type, type], config: Config, app: Any = echo_app
+) -> AsyncIterator[str]:
+    """Hypercorn serving ``app`` with the given connection server and task group."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(hypercorn.trio.run, "TCPServer", classes[0])
         patch.setattr(hypercorn.trio.tcp_server, "TaskGroup", classes[1])
@@ -53,7 +72,7 @@ async def serving(classes: tuple[type, type], config: Config) -> AsyncIterator[s
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
-                partial(hypercorn.trio.serve, echo_app, config, shutdown_trigger=stop.wait)
+                partial(hypercorn.trio.serve, app, config, shutdown_trigger=stop.wait)
             )
             yield binds[0].replace("http://", "ws://")
             stop.set()
@@ -80,6 +99,31 @@ async def test_each_frame_costs_one_step_fewer_in_each_direction():
     assert (stock_reader, stock_app) == (2 * FRAMES, 3 * FRAMES)
     # Lean: no fairness round after handing over the frame nor after taking the free lock.
     assert (lean_reader, lean_app) == (FRAMES, 2 * FRAMES)
+
+
+async def bridged_steps_per_echo(classes: tuple[type, type]) -> tuple[int, int]:
+    """Steps of the reader task and of the bridge's inbound pump over `FRAMES` echoes of
+    `bridged_echo_app`."""
+    async with open_bridge_loop() as loop:
+        async with serving(classes, Config(), bridged_echo_app(loop)) as url:
+            async with open_websocket_url(url) as ws:
+                await ws.send_message("warm-up")
+                await ws.get_message()
+                with counting_steps("._run_handler", "._pump_in") as steps:
+                    for n in range(FRAMES):
+                        await ws.send_message(f"frame {n}")
+                        assert await ws.get_message() == f"frame {n}"
+    return steps.counts["._run_handler"], steps.counts["._pump_in"]
+
+
+async def test_a_bridged_app_gets_each_frame_from_the_reader_without_a_pump():
+    stock_reader, stock_pump = await bridged_steps_per_echo(STOCK)
+    lean_reader, lean_pump = await bridged_steps_per_echo(LEAN)
+    # Stock: the reader hands each frame to the app's channel (and yields), the bridge's pump
+    # wakes to take it across.
+    assert (stock_reader, stock_pump) == (2 * FRAMES, FRAMES)
+    # Lean: the reader puts each frame on the asyncio side itself; there is no pump.
+    assert (lean_reader, lean_pump) == (FRAMES, 0)
 
 
 @pytest.mark.parametrize("read_timeout", [None, 2])

@@ -1,0 +1,65 @@
+"""The events Hypercorn hands one connection's app, which a bridge can take over directly.
+
+Hypercorn's reader task puts each event it parses (a WebSocket frame, a request body chunk, a
+disconnect) into a memory channel, and the app's task takes it out with ASGI ``receive``. For a
+connection whose app runs on the asyncio side of `asgi_bridge`, that is a second hop: a trio
+task (the bridge's inbound pump) receives from the channel only to hand the event on, one Trio
+task step per frame. `AppInbox` is that channel with a switch: a consumer that can take events
+straight from the reader `divert` s them to itself, and the pump is not needed.
+
+`tcp_server.LeanTaskGroup` gives each connection's app ``AppInbox.receive`` as its ASGI
+``receive``; `asgi_bridge` recognises it and diverts. Any other app reads the channel, as with
+stock Hypercorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from . import checkpoints
+
+Event = dict[str, Any]
+Sink = Callable[[Event], Awaitable[None]]
+
+
+class AppInbox:
+    """One connection's events, from Hypercorn's reader (`put`) to the app (`receive`)."""
+
+    def __init__(self, size: int) -> None:
+        self._in, self._out = trio.open_memory_channel[Event](size)
+        self._sink: Sink | None = None
+
+    async def put(self, event: Event) -> None:
+        """Hypercorn's reader: hand over one event; waits while the app is too far behind."""
+        sink = self._sink
+        if sink is None:
+            # The reader's next socket read yields: no fairness round needed here.
+            await checkpoints.send(self._in, event)
+        else:
+            await sink(event)
+
+    async def receive(self) -> Event:
+        """The app's ASGI ``receive``: the next event (only while not diverted)."""
+        return await self._out.receive()
+
+    def divert(self, sink: Sink) -> list[Event]:
+        """Hand every later event to ``sink`` (awaited by the reader: it may wait, and that is
+        the backpressure) and return the events already queued, oldest first, which the caller
+        must take before any that reach ``sink``.
+        """
+        queued: list[Event] = []
+        while True:
+            try:
+                # Also takes the event of a reader waiting for room, and wakes it.
+                queued.append(self._out.receive_nowait())
+            except trio.WouldBlock:
+                break
+        self._sink = sink
+        return queued
+
+    def restore(self) -> None:
+        """Events go to the channel again (`receive`), from the next one the reader puts."""
+        self._sink = None

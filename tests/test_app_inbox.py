@@ -1,0 +1,74 @@
+"""`app_inbox.AppInbox`: Hypercorn's reader-to-app channel, which a consumer can take over."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from pipecat_base.app_inbox import AppInbox
+
+from .steps import counting_steps
+
+
+def event(n: int) -> dict:
+    return {"type": "websocket.receive", "text": str(n)}
+
+
+async def test_events_reach_receive_in_order_and_a_put_with_room_does_not_yield():
+    inbox = AppInbox(10)
+
+    async def reader() -> None:
+        for n in range(5):
+            await inbox.put(event(n))
+
+    with counting_steps(".reader") as steps:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+    # One step: its start. MemorySendChannel.send would yield once per event.
+    assert steps.counts[".reader"] == 1
+    assert [(await inbox.receive())["text"] for _ in range(5)] == ["0", "1", "2", "3", "4"]
+
+
+async def test_a_put_is_a_cancellation_point_and_sends_nothing_when_cancelled():
+    inbox = AppInbox(10)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await inbox.put(event(0))
+    assert scope.cancelled_caught
+    await inbox.put(event(1))
+    assert (await inbox.receive())["text"] == "1"
+
+
+async def test_divert_returns_what_is_queued_then_hands_later_events_to_the_sink():
+    inbox = AppInbox(2)
+    sunk: list[str] = []
+
+    async def sink(e: dict) -> None:
+        sunk.append(e["text"])
+
+    async def reader() -> None:
+        for n in range(6):
+            await inbox.put(event(n))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()  # two queued, the reader waits with "2"
+        queued = inbox.divert(sink)
+    # The waiting reader's event is taken too, in order; the rest go to the sink.
+    assert [e["text"] for e in queued] == ["0", "1", "2"]
+    assert sunk == ["3", "4", "5"]
+
+
+async def test_after_restore_events_go_to_receive_again():
+    inbox = AppInbox(10)
+    sunk: list[dict] = []
+
+    async def sink(e: dict) -> None:
+        sunk.append(e)
+
+    assert inbox.divert(sink) == []
+    await inbox.put(event(0))
+    inbox.restore()
+    await inbox.put(event(1))
+    assert [e["text"] for e in sunk] == ["0"]
+    assert (await inbox.receive())["text"] == "1"
