@@ -49,10 +49,17 @@ async def test_a_short_block_while_a_session_starts_is_reported(serve_bot, logs)
             json={"block": "sleep", "seconds": 0.2},
             headers={"X-Daily-Session-Id": "loader"},
         )
-    (report,) = logs.having("while a session was starting")
-    assert report[:2] == ("INFO", "loader")
-    blocked = float(re.search(r"blocked for at least ([\d.]+)s", report[2]).group(1))
-    assert 0.1 <= blocked <= 0.2  # a 0.2 s block seen by a 0.1 s heartbeat
+    reports = logs.having("while a session was starting")
+    assert {report[:2] for report in reports} == {("INFO", "loader")}
+    blocked = [
+        float(re.search(r"blocked for at least ([\d.]+)s", report[2]).group(1))
+        for report in reports
+    ]
+    # A 0.2 s block seen by a 0.1 s heartbeat: one beat 0.1-0.2 s late (plus scheduling delay
+    # on a busy machine, where other beats may also come a little late: those are reported
+    # too, as they should be, but stay under the heartbeat period).
+    assert len([late for late in blocked if late >= 0.1]) == 1
+    assert 0.1 <= max(blocked) <= 0.3
     assert not logs.having("Event loop blocked for over")  # below LOOP_STALL_WARNING
 
 
