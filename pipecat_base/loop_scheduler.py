@@ -17,9 +17,9 @@ does, on the same Trio task:
   callbacks they queue run in the next iteration. Up to `ITERATIONS_PER_ROUND` iterations, or
   `ROUND_BUDGET` seconds, run before the task yields to Trio, so Trio tasks (the sockets, the
   session's cancel scopes) get the CPU back at least every few hundred microseconds;
-* when nothing is ready, the task sleeps (parked, at most one Trio step per wake-up) until a
-  handle is queued or until the first timer's deadline (the loop's ``time()`` is Trio's clock, so asyncio deadlines are Trio
-  deadlines, and virtual-time tests drive asyncio timers too).
+* when nothing is ready, the task sleeps (parked, one Trio step per wake-up) until a handle is
+  queued or until the first timer's deadline (the loop's ``time()`` is Trio's clock, so
+  asyncio deadlines are Trio deadlines, and virtual-time tests drive asyncio timers too).
 
 It relies on trio-asyncio internals (``_main_loop_one``, ``_q_send``, ``_timers``,
 ``_nursery``, its ``AsyncHandle``); when they are not as expected, nothing is replaced and a

@@ -1,29 +1,35 @@
-"""Hypercorn's per-connection server, minus two costs it pays on every frame.
+"""Hypercorn's per-connection server, minus what it pays per frame for nothing.
 
 Hypercorn's trio worker runs one ``TCPServer`` per connection. On the media path each inbound
-WebSocket frame is one socket read and each outbound frame one send, and two things there cost
-a noticeable share of a call's CPU (``py-spy`` on 10 pipecat calls, see ``bench/NOTES.md``):
+WebSocket frame is one socket read and each outbound frame one send, and these cost a
+noticeable share of a call's CPU (``py-spy`` on 10 pipecat calls, see ``bench/NOTES.md``):
 
 * every read is wrapped in ``trio.fail_after(read_timeout or inf)`` -- with no read timeout
   configured (ours) a cancel scope that can never fire, built and torn down per read;
-* every send takes ``send_lock`` with ``trio.Lock.acquire``, and every received frame goes
-  to the app with ``MemorySendChannel.send``; each ends with a fairness round, a whole Trio
-  task step per frame, although the socket send or read that follows yields anyway;
+* trio's socket read tries first and waits after: a frame arrives while the reader waits, so
+  the first try fails with EAGAIN (a syscall and an exception) on almost every frame;
+* every send takes ``send_lock`` with ``trio.Lock.acquire``, every received frame goes to the
+  app with ``MemorySendChannel.send``, and trio's socket send yields after sending; each is a
+  fairness round, a whole Trio task step per frame, although the caller yields anyway before
+  it could send or read again;
 * every received frame crosses a memory channel to the app's task -- for a bridged app, only
   for a pump task to hand it on to asyncio.
 
-`LeanTCPServer` reads without the scope when no read timeout is set (Hypercorn's own loop
-otherwise) and takes the send lock with `checkpoints.acquire`; `LeanTaskGroup` gives each app
-an `AppInbox`, which puts with `checkpoints.send` and which `asgi_bridge` takes over, so the
-reader hands frames straight to asyncio. Everything else -- protocol handling, closing, idle
-timeouts -- is Hypercorn's. `install` makes Hypercorn's trio worker use them.
-``tests/test_tcp_server.py`` runs real Hypercorn with and without them: the steps per frame
-(one fewer in each direction) and the read-timeout and close behaviour are checked against
-stock Hypercorn, so an upgrade that changes what this overrides fails there.
+`LeanTCPServer` reads with `receive_some` (wait, then read; no scope) when no read timeout is
+set, sends with `send_all` (no yield when the kernel takes the data at once) on plain TCP, and
+takes the send lock with `checkpoints.acquire`; `LeanTaskGroup` gives each app an `AppInbox`,
+which puts with `checkpoints.send` and which `asgi_bridge` takes over, so the reader hands
+frames straight to asyncio. With a read timeout or TLS, Hypercorn's own reads and sends run.
+Everything else -- protocol handling, closing, idle timeouts -- is Hypercorn's. `install`
+makes Hypercorn's trio worker use them. ``tests/test_tcp_server.py`` runs real Hypercorn with
+and without them: the steps per frame (one in each direction instead of two and three) and
+the read-timeout and close behaviour are checked against stock Hypercorn, so an upgrade that
+changes what this overrides fails there.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -32,7 +38,7 @@ import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.task_group import _handle as hypercorn_handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
@@ -88,26 +94,87 @@ class LeanTaskGroup(TaskGroup):
         return inbox.put
 
 
+async def receive_some(stream: trio.SocketStream) -> bytes:
+    """``stream.receive_some(MAX_RECV)`` that waits for data before reading.
+
+    A frame arrives after the reader has gone back to wait for the next, so reading first (as
+    trio does) fails with EAGAIN almost every time: a syscall and an exception per frame. When
+    data is already there, the wait returns at the next scheduler round, as trio's yield after
+    a successful read would. ``b""`` at EOF; ``trio.ClosedResourceError`` once the stream is
+    closed (also while waiting), ``trio.BrokenResourceError`` when the peer reset it.
+    """
+    sock = stream.socket
+    while True:
+        fd = sock.fileno()
+        if fd == -1:
+            raise trio.ClosedResourceError("the connection is closed")
+        await trio.lowlevel.wait_readable(fd)
+        if sock.fileno() != fd:  # closed while waiting: the number may belong to another
+            raise trio.ClosedResourceError("the connection is closed")
+        try:
+            return os.read(fd, MAX_RECV)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"socket receive failed: {exc!r}") from exc
+
+
+async def send_all(stream: trio.SocketStream, data: bytes) -> None:
+    """``stream.send_all(data)`` minus its yield when the kernel takes the data at once.
+
+    trio's socket send ends with a scheduling round even when the data went straight into the
+    kernel's buffer: a whole Trio step per outbound frame. Hypercorn's callers yield again
+    before they send more (the bridge's pump receives its next message), and when the buffer is
+    full this falls back to ``send_all``, which waits for room and yields. Not a cancellation
+    point when it does not wait (Hypercorn shields its sends anyway).
+    """
+    sock = stream.socket
+    fd = sock.fileno()
+    if fd == -1 or sock.did_shutdown_SHUT_WR:
+        raise trio.ClosedResourceError("the connection is closed")
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket send failed: {exc!r}") from exc
+    if sent < len(data):
+        await stream.send_all(memoryview(data)[sent:])
+
+
 class LeanTCPServer(TCPServer):
     """Hypercorn's ``TCPServer`` with the per-frame costs above removed (see module)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.send_lock = SendLock()  # type: ignore[assignment]
+        # Plain TCP on POSIX: the socket's descriptor can be read and written directly.
+        self._plain = os.name == "posix" and isinstance(self.stream, trio.SocketStream)
 
     async def _read_data(self) -> None:
-        if self.config.read_timeout:
+        if self.config.read_timeout or not self._plain:
             await super()._read_data()
             return
         while True:
             try:
-                data = await self.stream.receive_some(MAX_RECV)
+                data = await receive_some(self.stream)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 break
-            await self.protocol.handle(RawData(bytes(data)))
+            await self.protocol.handle(RawData(data))
             if data == b"":
                 break
         await self.protocol.handle(Closed())
+
+    async def protocol_send(self, event: Event) -> None:
+        if not (self._plain and isinstance(event, RawData)):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True):  # as Hypercorn: a send is never cut short
+                    await send_all(self.stream, event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
 
 
 def install() -> None:

@@ -3,6 +3,8 @@ otherwise Hypercorn's behaviour. Real Hypercorn, real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -14,6 +16,7 @@ import hypercorn.trio.task_group
 import hypercorn.trio.tcp_server
 import pytest
 import trio
+import trio.testing
 from hypercorn.config import Config
 from trio_websocket import open_websocket_url
 
@@ -91,14 +94,15 @@ async def steps_per_echo(classes: tuple[type, type]) -> tuple[int, int]:
     return steps.counts["._run_handler"], steps.counts["._handle"]
 
 
-async def test_each_frame_costs_one_step_fewer_in_each_direction():
+async def test_each_frame_costs_one_step_in_each_direction():
     stock_reader, stock_app = await steps_per_echo(STOCK)
     lean_reader, lean_app = await steps_per_echo(LEAN)
     # Stock: the reader wakes for the frame and yields again handing it to the app; the app
-    # wakes for it, yields taking the send lock, and yields in the socket send.
+    # wakes for it, yields taking the send lock, and yields after the socket send.
     assert (stock_reader, stock_app) == (2 * FRAMES, 3 * FRAMES)
-    # Lean: no fairness round after handing over the frame nor after taking the free lock.
-    assert (lean_reader, lean_app) == (FRAMES, 2 * FRAMES)
+    # Lean: no fairness round after handing over the frame, after taking the free lock, nor
+    # after a send the kernel took at once.
+    assert (lean_reader, lean_app) == (FRAMES, FRAMES)
 
 
 async def bridged_steps_per_echo(classes: tuple[type, type]) -> tuple[int, int]:
@@ -109,21 +113,23 @@ async def bridged_steps_per_echo(classes: tuple[type, type]) -> tuple[int, int]:
             async with open_websocket_url(url) as ws:
                 await ws.send_message("warm-up")
                 await ws.get_message()
-                with counting_steps("._run_handler", "._pump_in") as steps:
+                with counting_steps("._run_handler", "._pump_in", "._pump_out") as steps:
                     for n in range(FRAMES):
                         await ws.send_message(f"frame {n}")
                         assert await ws.get_message() == f"frame {n}"
-    return steps.counts["._run_handler"], steps.counts["._pump_in"]
+    return steps.counts["._run_handler"], steps.counts["._pump_in"], steps.counts["._pump_out"]
 
 
 async def test_a_bridged_app_gets_each_frame_from_the_reader_without_a_pump():
-    stock_reader, stock_pump = await bridged_steps_per_echo(STOCK)
-    lean_reader, lean_pump = await bridged_steps_per_echo(LEAN)
-    # Stock: the reader hands each frame to the app's channel (and yields), the bridge's pump
-    # wakes to take it across.
-    assert (stock_reader, stock_pump) == (2 * FRAMES, FRAMES)
-    # Lean: the reader puts each frame on the asyncio side itself; there is no pump.
-    assert (lean_reader, lean_pump) == (FRAMES, 0)
+    stock = await bridged_steps_per_echo(STOCK)
+    lean = await bridged_steps_per_echo(LEAN)
+    # Stock: the reader hands each frame to the app's channel (and yields), the bridge's
+    # inbound pump wakes to take it across; the outbound pump wakes for the echo, yields
+    # taking the send lock and after the send.
+    assert stock == (2 * FRAMES, FRAMES, 3 * FRAMES)
+    # Lean: the reader puts each frame on the asyncio side itself (there is no inbound pump);
+    # the outbound pump wakes for the echo and sends it without yielding.
+    assert lean == (FRAMES, 0, FRAMES)
 
 
 @pytest.mark.parametrize("read_timeout", [None, 2])
@@ -177,3 +183,133 @@ def test_install_makes_hypercorns_trio_worker_use_the_lean_classes():
         tcp_server.install()
         assert hypercorn.trio.run.TCPServer is tcp_server.LeanTCPServer
         assert hypercorn.trio.tcp_server.TaskGroup is tcp_server.LeanTaskGroup
+
+
+# -- the socket reads and writes (`receive_some`, `send_all`) ------------------------------
+
+
+def stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """A connected pair over 127.0.0.1 (resets need TCP)."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        accepted: list[trio.SocketStream] = []
+
+        async def accept() -> None:
+            accepted.append(await listener.accept())
+
+        nursery.start_soon(accept)
+        peer = await trio.open_tcp_stream("127.0.0.1", port)
+    await listener.aclose()
+    return accepted[0], peer
+
+
+async def test_receive_some_returns_what_arrived_and_empty_bytes_at_eof():
+    ours, peer = stream_pair()
+    async with trio.open_nursery() as nursery:
+        received: list[bytes] = []
+
+        async def reader() -> None:
+            while data := await tcp_server.receive_some(ours):
+                received.append(data)
+            received.append(b"<eof>")
+
+        nursery.start_soon(reader)
+        await peer.send_all(b"one")
+        await trio.testing.wait_all_tasks_blocked()
+        await peer.send_all(b"two")
+        await peer.send_eof()
+    assert received == [b"one", b"two", b"<eof>"]
+
+
+async def test_receive_some_waits_for_data_and_takes_one_step_per_arrival():
+    ours, peer = stream_pair()
+    with counting_steps(".reader") as steps:
+        async with trio.open_nursery() as nursery:
+
+            async def reader() -> None:
+                for _ in range(FRAMES):
+                    await tcp_server.receive_some(ours)
+
+            nursery.start_soon(reader)
+            for n in range(FRAMES):
+                await trio.testing.wait_all_tasks_blocked()  # the reader waits, as in a call
+                await peer.send_all(b"frame %d" % n)
+    # Its start, then one per frame: it parks on the socket and wakes to read.
+    assert steps.counts[".reader"] == FRAMES + 1
+
+
+async def test_receive_some_raises_closed_when_the_stream_is_closed_while_waiting():
+    ours, peer = stream_pair()
+    raised: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await tcp_server.receive_some(ours)
+        except trio.ClosedResourceError as exc:
+            raised.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        await ours.aclose()  # as Hypercorn's idle timeout does while the reader waits
+    assert len(raised) == 1
+    with pytest.raises(trio.ClosedResourceError):
+        await tcp_server.receive_some(ours)
+    await peer.aclose()
+
+
+async def test_receive_some_raises_broken_when_the_peer_resets():
+    ours, peer = await tcp_pair()
+    peer.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await peer.aclose()  # an RST, not a FIN
+    with pytest.raises(trio.BrokenResourceError):
+        await tcp_server.receive_some(ours)
+    await ours.aclose()
+
+
+async def test_send_all_sends_at_once_without_a_checkpoint():
+    ours, peer = stream_pair()
+    with trio.testing.assert_no_checkpoints():
+        await tcp_server.send_all(ours, b"frame")
+    assert await peer.receive_some() == b"frame"
+
+
+async def test_send_all_waits_for_room_when_the_buffer_is_full_and_loses_nothing():
+    ours, peer = stream_pair()
+    data = bytes(range(256)) * 40_000  # ~10 MB: far more than a socket buffer holds
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_server.send_all, ours, data)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(received) == 0  # the sender waits for the peer to read
+        while len(received) < len(data):
+            received += await peer.receive_some()
+    assert received == data
+
+
+async def test_send_all_raises_closed_after_close_or_eof_and_broken_when_the_peer_is_gone():
+    ours, peer = stream_pair()
+    await ours.send_eof()
+    with pytest.raises(trio.ClosedResourceError):
+        await tcp_server.send_all(ours, b"late")
+    await ours.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await tcp_server.send_all(ours, b"late")
+    ours, peer = stream_pair()
+    await peer.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        await tcp_server.send_all(ours, b"nobody reads this")
+
+
+async def test_a_message_larger_than_the_socket_buffer_is_echoed_whole():
+    message = "x" * (8 << 20)
+    async with serving(LEAN, Config()) as url:
+        async with open_websocket_url(url, max_message_size=16 << 20) as ws:
+            await ws.send_message(message)
+            assert await ws.get_message() == message
