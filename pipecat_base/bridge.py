@@ -21,10 +21,10 @@ run it at a cost close to asyncio's. The loop is constructed inside ``trio_async
   recorded, logged once, and not installed.
 * **Scheduler** (`loop_scheduler`): asyncio's own ready deque and timer heap, run in batches
   of asyncio iterations per Trio round, instead of one callback per Trio round through a
-  memory channel.
-* **``call_soon`` without per-call checks**: asyncio checks that a callback is no coroutine
-  only in debug mode; trio-asyncio checked on every call, which was a large part of each
-  callback's cost (``python -m bench.loop_micro``). In debug mode the check still runs.
+  memory channel; ``call_soon`` without per-call checks (asyncio checks that a callback is no
+  coroutine only in debug mode; trio-asyncio checked on every call, a large part of each
+  callback's cost, ``python -m bench.loop_micro``); and asyncio's running loop set while a
+  batch runs, so looking it up is asyncio's C lookup rather than trio-asyncio's.
 
 Running a bot: `wait_task` waits for an asyncio task with a bounded cancellation protocol, because
 trio-asyncio's own ``aio_as_trio`` delivers one ``cancel()`` and then waits forever if the task
@@ -102,22 +102,6 @@ def adapt_loop(loop: asyncio.AbstractEventLoop) -> None:
         return False
 
     loop_scheduler.install(loop)
-    queue_handle = loop._queue_handle  # type: ignore[attr-defined]
-    check_callback = loop._check_callback  # type: ignore[attr-defined]
-
-    def call_soon(
-        self: asyncio.AbstractEventLoop,
-        callback: Callable[..., Any],
-        *args: Any,
-        context: Any = None,
-    ) -> asyncio.Handle:
-        # asyncio checks the callback (not a coroutine, callable) only in debug mode;
-        # trio-asyncio checks on every call, which is most of a callback's cost.
-        if self.get_debug():
-            check_callback(callback, "call_soon")
-        return queue_handle(asyncio.Handle(callback, args, self, context))
-
-    loop.call_soon = types.MethodType(call_soon, loop)  # type: ignore[method-assign]
     loop.run_in_executor = types.MethodType(run_in_executor, loop)  # type: ignore[method-assign]
     loop.add_signal_handler = types.MethodType(add_signal_handler, loop)  # type: ignore[method-assign]
     loop.remove_signal_handler = types.MethodType(remove_signal_handler, loop)  # type: ignore[method-assign]

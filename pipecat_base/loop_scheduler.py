@@ -34,10 +34,18 @@ import math
 import time
 import types
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
 from loguru import logger
+
+try:  # asyncio's own per-thread running loop (C); the pure-Python twins otherwise
+    from _asyncio import _get_running_loop as get_running_loop
+    from _asyncio import _set_running_loop as set_running_loop
+except ImportError:  # pragma: no cover
+    from asyncio.events import _get_running_loop as get_running_loop  # type: ignore[assignment]
+    from asyncio.events import _set_running_loop as set_running_loop  # type: ignore[assignment]
 
 # How many asyncio iterations, and how many seconds of callbacks, one Trio round may run. A
 # chain of callbacks (a task wakes another, which wakes the next: one pipecat frame crossing its
@@ -62,8 +70,16 @@ class ReadyQueue:
         """Queue ``handle`` (the name is the memory channel's, which trio-asyncio calls)."""
         if isinstance(handle, asyncio.TimerHandle):
             heapq.heappush(self.timers, handle)
+            self._wake()
         else:
-            self.ready.append(handle)
+            self.push(handle)
+
+    def push(self, handle: asyncio.Handle) -> None:
+        """Queue a ready ``handle`` (not a timer)."""
+        self.ready.append(handle)
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -102,6 +118,36 @@ class ReadyQueue:
             ready.append(heapq.heappop(timers))
 
 
+def speed_up_running_loop_lookup() -> bool:
+    """Give trio-asyncio's ``asyncio._get_running_loop`` a fast path (once per process).
+
+    trio-asyncio replaces it process-wide with a Python function that asks Trio for the current
+    task and reads a context variable -- on every future, queue and lock asyncio creates, so
+    a few percent of a pipecat call's CPU. While `install`'s scheduler runs a batch of
+    callbacks, the loop is also asyncio's own (C, per-thread) running loop, which answers
+    first; outside batches trio-asyncio's lookup answers, as before. False if trio-asyncio's
+    function is not where expected (nothing is changed then).
+    """
+    from trio_asyncio import _loop as trio_asyncio_loop
+
+    current = asyncio.events._get_running_loop
+    if getattr(current, "fast_path", False):
+        return True
+    trio_lookup = getattr(trio_asyncio_loop, "_new_run_get", None)
+    if trio_lookup is None or current is not trio_lookup:
+        return False
+
+    def running_loop() -> asyncio.AbstractEventLoop | None:
+        return get_running_loop() or trio_lookup()
+
+    running_loop.fast_path = True  # type: ignore[attr-defined]
+    # trio-asyncio's get_running_loop and current_task call it by this module-global name.
+    trio_asyncio_loop._new_run_get = running_loop
+    asyncio.events._get_running_loop = running_loop
+    asyncio._get_running_loop = running_loop  # type: ignore[attr-defined]
+    return True
+
+
 def install(loop: asyncio.AbstractEventLoop) -> bool:
     """Replace the scheduler of trio-asyncio's ``loop`` (see the module doc); False if unable."""
     from trio_asyncio import _base as trio_asyncio_base
@@ -127,19 +173,25 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
         await handle._started.wait()
 
     async def run_ready(self: Any) -> None:
-        """One asyncio iteration: the handles ready now, in order."""
+        """One asyncio iteration: the handles ready now, in order, with ``self`` as asyncio's
+        running loop (as under ``run_forever``; see `speed_up_running_loop_lookup`)."""
         previous = sniffio_local.name
+        previous_loop = get_running_loop()
         sniffio_local.name = "asyncio"
+        set_running_loop(self)
         try:
             for _ in range(len(ready)):
                 handle = ready.popleft()
                 if isinstance(handle, async_handle):
                     sniffio_local.name = previous
+                    set_running_loop(previous_loop)  # other Trio tasks run meanwhile
                     await start_trio_task(self, handle)
+                    set_running_loop(self)
                     sniffio_local.name = "asyncio"
                 elif not handle._cancelled:
                     handle._run()
         finally:
+            set_running_loop(previous_loop)
             sniffio_local.name = previous
 
     async def main_loop_one(self: Any, no_wait: bool = False) -> None:
@@ -167,11 +219,28 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
         queue.send_nowait(handle)
         return handle
 
+    check_callback = loop._check_callback  # type: ignore[attr-defined]
+
+    def call_soon(
+        self: Any, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> asyncio.Handle:
+        # asyncio checks the callback (not a coroutine, callable) only in debug mode;
+        # trio-asyncio checks on every call, which was most of a callback's cost.
+        if self._debug:
+            check_callback(callback, "call_soon")
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        handle = asyncio.Handle(callback, args, self, context)
+        queue.push(handle)
+        return handle
+
     # The loop task may already be blocked in trio-asyncio's channel receive: one no-op handle
     # wakes it, and from its next iteration on it runs `main_loop_one` (looked up each time).
     stock_channel = loop._q_send  # type: ignore[attr-defined]
     loop._q_send = queue  # type: ignore[attr-defined]
     loop._main_loop_one = types.MethodType(main_loop_one, loop)  # type: ignore[attr-defined]
     loop._queue_handle = types.MethodType(queue_handle, loop)  # type: ignore[attr-defined]
+    loop.call_soon = types.MethodType(call_soon, loop)  # type: ignore[method-assign]
+    speed_up_running_loop_lookup()
     stock_channel.send_nowait(asyncio.Handle(lambda: None, (), loop))
     return True

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+import trio_asyncio
 
 from pipecat_base.bridge import open_bridge_loop, wait_task
 from pipecat_base.loop_scheduler import ITERATIONS_PER_ROUND
@@ -267,6 +268,41 @@ async def test_a_timer_wakes_an_idle_loop_in_one_step(autojump_clock):
     # The call_later wakes the sleeping loop to take the new deadline (a step), the deadline
     # wakes it again to run the timer (a step).
     assert steps.counts["_main_loop"] == 2
+
+
+async def test_callbacks_see_the_loop_as_asyncios_running_loop_and_trio_tasks_do_not():
+    import _asyncio
+
+    from pipecat_base.loop_scheduler import speed_up_running_loop_lookup
+
+    async with open_bridge_loop() as loop:
+        seen: dict[str, Any] = {}
+        done = trio.Event()
+
+        def callback() -> None:
+            seen["c"] = _asyncio._get_running_loop()
+            seen["asyncio"] = asyncio.get_running_loop()
+            done.set()
+
+        loop.call_soon(callback)
+        await done.wait()
+        assert seen == {"c": loop, "asyncio": loop}
+        # Between batches asyncio's own (per-thread) slot is empty again; Trio code inside
+        # the loop's block still gets the loop from trio-asyncio's lookup, threads get none.
+        assert _asyncio._get_running_loop() is None
+        assert asyncio.get_running_loop() is loop
+        assert await trio.to_thread.run_sync(asyncio.events._get_running_loop) is None
+
+        async def from_asyncio() -> Any:
+            # A Trio task started from asyncio code runs outside the batch.
+            return await trio_asyncio.trio_as_aio(trio_side)()
+
+        async def trio_side() -> Any:
+            return _asyncio._get_running_loop()
+
+        assert await trio_asyncio.aio_as_trio(from_asyncio)() is None
+    assert speed_up_running_loop_lookup() is True  # installed once; asking again is harmless
+    assert getattr(asyncio.events._get_running_loop, "fast_path", False)
 
 
 async def test_a_cancelled_timer_never_runs(autojump_clock):
