@@ -123,9 +123,10 @@ class AsgiBridge:
     async def _deliver(self, event: Message) -> None:
         """Run by the server's reader task for each event of the diverted inbox."""
         inbox = self._diverted
+        assert inbox is not None  # the sink only while diverted
         # The reader's next socket read yields: no fairness round needed here.
         await checkpoints.acquire(self._credits)
-        if self._diverted is None and inbox is not None:
+        if self._diverted is None:
             # The bridge ended while this waited (`_undivert` woke it): the event is the app's
             # again, as if it had never been diverted.
             await inbox.put(event)

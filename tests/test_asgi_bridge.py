@@ -17,11 +17,40 @@ async def _no_send(message: dict) -> None:
     raise AssertionError(f"nothing is sent here: {message}")
 
 
+def _event(n: int) -> dict:
+    return {"type": "websocket.receive", "text": str(n)}
+
+
+async def _take(loop, bridge, count: int) -> list[str]:
+    """The texts of the next ``count`` events the asyncio side receives."""
+
+    async def take() -> list[str]:
+        return [(await bridge.receive())["text"] for _ in range(count)]
+
+    task = loop.create_task(take())
+    await wait_task(task, cancel_grace=1)
+    return task.result()
+
+
+class _Reader:
+    """Hypercorn's reader task, as the inbox sees it: puts events, counting those handed over."""
+
+    def __init__(self, inbox: AppInbox, numbers: range) -> None:
+        self.inbox = inbox
+        self.numbers = numbers
+        self.delivered = 0
+
+    async def run(self) -> None:
+        for n in self.numbers:
+            await self.inbox.put(_event(n))
+            self.delivered += 1
+
+
 async def test_the_inbound_pump_takes_one_step_per_event():
     events = 20
     send, receive = trio.open_memory_channel[dict](events)
     for n in range(events):
-        send.send_nowait({"type": "websocket.receive", "text": str(n)})
+        send.send_nowait(_event(n))
     async with open_bridge_loop() as loop:
         with counting_steps("._pump_in") as steps:
             async with open_asgi_bridge(loop, receive.receive, _no_send) as bridge:
@@ -41,32 +70,14 @@ async def test_the_inbound_pump_takes_one_step_per_event():
 async def test_reading_stops_at_the_credits_until_the_asyncio_side_takes_events():
     send, receive = trio.open_memory_channel[dict](100)
     for n in range(100):
-        send.send_nowait({"type": "websocket.receive", "text": str(n)})
+        send.send_nowait(_event(n))
     async with open_bridge_loop() as loop:
         async with open_asgi_bridge(loop, receive.receive, _no_send) as bridge:
             await trio.testing.wait_all_tasks_blocked()
             assert receive.statistics().current_buffer_used == 100 - RECEIVE_CREDITS
-
-            async def take(count: int) -> None:
-                for _ in range(count):
-                    await bridge.receive()
-
-            await wait_task(loop.create_task(take(5)), cancel_grace=1)
+            assert await _take(loop, bridge, 5) == [str(n) for n in range(5)]
             await trio.testing.wait_all_tasks_blocked()
             assert receive.statistics().current_buffer_used == 100 - RECEIVE_CREDITS - 5
-
-
-def _event(n: int) -> dict:
-    return {"type": "websocket.receive", "text": str(n)}
-
-
-async def _take(loop, bridge, count: int) -> list[str]:
-    async def take() -> list[str]:
-        return [(await bridge.receive())["text"] for _ in range(count)]
-
-    task = loop.create_task(take())
-    await wait_task(task, cancel_grace=1)
-    return task.result()
 
 
 async def test_a_diverted_inbox_delivers_from_the_reader_in_order_without_a_pump():
@@ -93,23 +104,16 @@ async def test_a_diverted_inbox_delivers_from_the_reader_in_order_without_a_pump
 
 async def test_a_diverted_reader_waits_at_the_credits_until_the_asyncio_side_takes_events():
     inbox = AppInbox(10)
-    delivered = 0
-
-    async def reader() -> None:
-        nonlocal delivered
-        for n in range(100):
-            await inbox.put(_event(n))
-            delivered += 1
-
+    reader = _Reader(inbox, range(100))
     async with open_bridge_loop() as loop:
         async with open_asgi_bridge(loop, inbox.receive, _no_send) as bridge:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(reader)
+                nursery.start_soon(reader.run)
                 await trio.testing.wait_all_tasks_blocked()
-                assert delivered == RECEIVE_CREDITS
+                assert reader.delivered == RECEIVE_CREDITS
                 assert await _take(loop, bridge, 5) == [str(n) for n in range(5)]
                 await trio.testing.wait_all_tasks_blocked()
-                assert delivered == RECEIVE_CREDITS + 5
+                assert reader.delivered == RECEIVE_CREDITS + 5
                 nursery.cancel_scope.cancel()
 
 
@@ -122,40 +126,31 @@ async def test_a_reader_waiting_when_the_bridge_ends_hands_its_event_back_to_the
         with trio.fail_after(1):
             async with trio.open_nursery() as nursery:
                 async with open_asgi_bridge(loop, inbox.receive, _no_send):
-
-                    async def reader() -> None:
-                        for n in range(RECEIVE_CREDITS + 2):
-                            await inbox.put(_event(n))
-
-                    nursery.start_soon(reader)
+                    reader = _Reader(inbox, range(RECEIVE_CREDITS + 2))
+                    nursery.start_soon(reader.run)
                     await trio.testing.wait_all_tasks_blocked()  # waits with event 32
+                    assert reader.delivered == RECEIVE_CREDITS
                 # The bridge ended: the waiting event and the next go where the app reads.
     assert (await inbox.receive())["text"] == str(RECEIVE_CREDITS)
     assert (await inbox.receive())["text"] == str(RECEIVE_CREDITS + 1)
+    assert reader.delivered == RECEIVE_CREDITS + 2
 
 
 async def test_events_queued_past_the_credits_when_diverted_are_repaid_before_credits_return():
     inbox = AppInbox(RECEIVE_CREDITS + 8)
     for n in range(RECEIVE_CREDITS + 8):
         await inbox.put(_event(n))
-    delivered = 0
-
-    async def reader() -> None:
-        nonlocal delivered
-        for n in range(RECEIVE_CREDITS + 8, 200):
-            await inbox.put(_event(n))
-            delivered += 1
-
+    reader = _Reader(inbox, range(RECEIVE_CREDITS + 8, 200))
     async with open_bridge_loop() as loop:
         async with open_asgi_bridge(loop, inbox.receive, _no_send) as bridge:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(reader)
+                nursery.start_soon(reader.run)
                 await trio.testing.wait_all_tasks_blocked()
-                assert delivered == 0  # 40 queued against 32 credits
+                assert reader.delivered == 0  # 40 queued against 32 credits
                 await _take(loop, bridge, 8)  # repays the 8 taken without a credit
                 await trio.testing.wait_all_tasks_blocked()
-                assert delivered == 0
+                assert reader.delivered == 0
                 await _take(loop, bridge, 3)
                 await trio.testing.wait_all_tasks_blocked()
-                assert delivered == 3
+                assert reader.delivered == 3
                 nursery.cancel_scope.cancel()

@@ -3,11 +3,13 @@ otherwise Hypercorn's behaviour. Real Hypercorn, real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import hypercorn.trio
@@ -227,7 +229,22 @@ async def test_receive_some_returns_what_arrived_and_empty_bytes_at_eof():
     assert received == [b"one", b"two", b"<eof>"]
 
 
-async def test_receive_some_waits_for_data_and_takes_one_step_per_arrival():
+async def test_receive_some_waits_for_data_and_takes_one_step_and_one_read_per_arrival(
+    monkeypatch,
+):
+    reads: list[str] = []
+
+    def read(fd: int, size: int) -> bytes:
+        try:
+            data = os.read(fd, size)
+        except BlockingIOError:
+            reads.append("EAGAIN")
+            raise
+        reads.append("data")
+        return data
+
+    # Only this module's view of `os`: trio's own I/O is left alone.
+    monkeypatch.setattr(tcp_server, "os", SimpleNamespace(read=read, write=os.write))
     ours, peer = stream_pair()
     with counting_steps(".reader") as steps:
         async with trio.open_nursery() as nursery:
@@ -242,6 +259,9 @@ async def test_receive_some_waits_for_data_and_takes_one_step_per_arrival():
                 await peer.send_all(b"frame %d" % n)
     # Its start, then one per frame: it parks on the socket and wakes to read.
     assert steps.counts[".reader"] == FRAMES + 1
+    # One read per frame, none failing first (trio's receive_some tries before it waits, and
+    # a waiting reader's try fails with EAGAIN).
+    assert reads == ["data"] * FRAMES
 
 
 async def test_receive_some_raises_closed_when_the_stream_is_closed_while_waiting():
