@@ -1,12 +1,15 @@
 """``python -m bench.ab NAME=CHECKOUT NAME=CHECKOUT ... [--mode pipecat] [--calls 10]``: paired
-A/B of the media path's CPU across checkouts of this repository.
+A/B of the media path's (or ``--mode bot``: a ``POST /bot``'s) CPU across checkouts of this
+repository.
 
 On a shared machine the CPU a call costs drifts by tens of percent within minutes (the same
 code measured 33 and 56 CPU ms per call-second an hour apart), far more than the change being
 measured. So every variant's server runs *at the same time*, each under its own ``--calls``
 concurrent calls from one load generator, and each run yields a ratio to the first variant
 that the drift mostly cancels out of; the median of those ratios is the figure to quote.
-``baseline`` (no checkout) names the asyncio baseline server.
+``baseline`` (no checkout) names the asyncio baseline server. ``--mode bot`` sends each server
+``--sessions`` sequential ``POST /bot`` of a bot that returns at once, and also reports their
+round trips.
 
 Make a checkout of the commit to compare with ``git worktree add /tmp/before <commit>``.
 """
@@ -14,6 +17,7 @@ Make a checkout of the commit to compare with ``git worktree add /tmp/before <co
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -22,9 +26,10 @@ from pathlib import Path
 import trio
 
 from . import load, servers
-from .scenarios import settle
+from .scenarios import pct, post_bots, settle
 
 BASELINE_NAME = "baseline"
+BOT = "bot"
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,18 @@ def parse_variant(spec: str) -> Variant:
 
 @dataclass
 class RunResult:
-    cpu_ms_per_call_second: float
+    cpu_ms: float
+    """Per call-second of audio, or per session in ``bot`` mode."""
     lost_reordered_corrupted: int
+    rtt_p50_ms: float = math.nan
+    rtt_p99_ms: float = math.nan
 
 
 async def paired_run(
-    variants: list[Variant], mode: str, calls: int, seconds: float
+    variants: list[Variant], mode: str, calls: int, seconds: float, sessions: int = 1000
 ) -> dict[str, RunResult]:
-    """One run: all servers up at once, the same calls against each at the same time."""
+    """One run: all servers up at once, the same calls (or ``bot`` sessions) against each at
+    the same time."""
     results: dict[str, RunResult] = {}
     async with trio.open_nursery() as nursery:
         ready: dict[str, servers.Server] = {}
@@ -71,14 +80,26 @@ async def paired_run(
 
         async def measure(name: str, server: servers.Server) -> None:
             before = servers.cpu_seconds(server.pid)
+            if mode == BOT:
+                answered = await post_bots(server, sessions, 1, "ab")
+                cpu = servers.cpu_seconds(server.pid) - before
+                rtts = [(at - sent) * 1000 for _, sent, at in answered]
+                results[name] = RunResult(cpu * 1000 / sessions, 0, pct(rtts, 50), pct(rtts, 99))
+                return
             made = await load.calls(server.ws_url, mode, calls, seconds)
             await settle(server.pid)  # the bots' teardown and any backlog count, as in the bench
             cpu = servers.cpu_seconds(server.pid) - before
             results[name] = RunResult(cpu * 1000 / (calls * seconds), sum(c.faults for c in made))
 
-        async with trio.open_nursery() as warm_up:  # imports and first-call costs, not counted
+        async def warm(server: servers.Server) -> None:  # imports and first-call costs
+            if mode == BOT:
+                await post_bots(server, 50, 1, "warm-up")
+            else:
+                await load.calls(server.ws_url, mode, 1, 1.0)
+
+        async with trio.open_nursery() as warm_up:
             for server in ready.values():
-                warm_up.start_soon(load.calls, server.ws_url, mode, 1, 1.0)
+                warm_up.start_soon(warm, server)
         async with trio.open_nursery() as runs:
             for name, server in ready.items():
                 runs.start_soon(measure, name, server)
@@ -91,38 +112,51 @@ def paired_ratios(runs: list[dict[str, RunResult]], reference: str) -> dict[str,
     ratios: dict[str, list[float]] = {}
     for name in runs[0]:
         if name != reference:
-            ratios[name] = [
-                run[name].cpu_ms_per_call_second / run[reference].cpu_ms_per_call_second
-                for run in runs
-            ]
+            ratios[name] = [run[name].cpu_ms / run[reference].cpu_ms for run in runs]
     return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+", type=parse_variant, metavar="NAME=CHECKOUT")
-    parser.add_argument("--mode", default="pipecat", choices=["raw", "pipecat", "vad"])
+    parser.add_argument("--mode", default="pipecat", choices=["raw", "pipecat", "vad", BOT])
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--sessions", type=int, default=1000, help="per run, in bot mode")
     parser.add_argument("--runs", type=int, default=5)
     options = parser.parse_args(argv)
     if len(options.variants) < 2:
         parser.error("give at least two variants")
     runs = []
     for _ in range(options.runs):
-        run = trio.run(paired_run, options.variants, options.mode, options.calls, options.seconds)
+        run = trio.run(
+            paired_run,
+            options.variants,
+            options.mode,
+            options.calls,
+            options.seconds,
+            options.sessions,
+        )
         runs.append(run)
-        line = (f"{v.name} {run[v.name].cpu_ms_per_call_second:5.1f}" for v in options.variants)
+        line = (f"{v.name} {run[v.name].cpu_ms:6.3f}" for v in options.variants)
         print("  ".join(line), flush=True)
     reference = options.variants[0].name
-    calls = f"{options.calls} calls of {options.seconds:g} s"
-    print(f"CPU ms per call-second ({options.mode}, {calls})")
+    if options.mode == BOT:
+        print(f"CPU ms per session (bot, {options.sessions} sequential sessions)")
+    else:
+        calls = f"{options.calls} calls of {options.seconds:g} s"
+        print(f"CPU ms per call-second ({options.mode}, {calls})")
     for variant in options.variants:
-        values = [run[variant.name].cpu_ms_per_call_second for run in runs]
-        lost = sum(run[variant.name].lost_reordered_corrupted for run in runs)
-        spread = f"{min(values):.1f}-{max(values):.1f}"
-        print(f"  {variant.name}: median {statistics.median(values):.1f} ({spread}), "
-              f"lost/reordered/corrupted {lost}")  # fmt: skip
+        values = [run[variant.name].cpu_ms for run in runs]
+        spread = f"{min(values):.3g}-{max(values):.3g}"
+        if options.mode == BOT:
+            p50 = statistics.median(run[variant.name].rtt_p50_ms for run in runs)
+            p99 = statistics.median(run[variant.name].rtt_p99_ms for run in runs)
+            detail = f"round trip p50 {p50:.2f} ms, p99 {p99:.2f} ms (medians of runs)"
+        else:
+            lost = sum(run[variant.name].lost_reordered_corrupted for run in runs)
+            detail = f"lost/reordered/corrupted {lost}"
+        print(f"  {variant.name}: median {statistics.median(values):.3g} ({spread}), {detail}")
     for name, ratios in paired_ratios(runs, reference).items():
         print(f"  {name}/{reference}: median {statistics.median(ratios):.3f} "
               f"({min(ratios):.3f}-{max(ratios):.3f})")  # fmt: skip

@@ -60,7 +60,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-async def _post_bots(
+async def post_bots(
     server: Server, count: int, concurrency: int, tag: str
 ) -> list[tuple[str, float, float]]:
     """``count`` ``/bot`` sessions, ``concurrency`` at a time: (session id, sent, answered)."""
@@ -99,7 +99,7 @@ async def session_starts(server: Server, plan: Plan, entry_log: Path, results: R
         ("seq", plan.sequential, 1),
         ("conc", plan.concurrent, plan.concurrent),
     ):
-        done = await _post_bots(server, count, concurrency, label)
+        done = await post_bots(server, count, concurrency, label)
         entries = _entries(entry_log)
         enter = [(entries[sid] - sent) * 1000 for sid, sent, _ in done if sid in entries]
         rtt = [(answered - sent) * 1000 for _, sent, answered in done]
@@ -113,7 +113,7 @@ async def memory(server: Server, plan: Plan, results: Results) -> None:
     results.add("idle_rss_mib", server.kind, rss_mib(server.pid))
     done = 0
     for mark in plan.memory_marks:
-        await _post_bots(server, mark - done, 1, f"mem{mark}")
+        await post_bots(server, mark - done, 1, f"mem{mark}")
         done = mark
         await trio.sleep(0.2)
         results.add(f"rss_after_{mark}_sessions_mib", server.kind, rss_mib(server.pid))

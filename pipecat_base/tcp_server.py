@@ -1,4 +1,4 @@
-"""Hypercorn's per-connection server, minus what it pays per frame for nothing.
+"""Hypercorn's per-connection server, minus what it pays per frame and per request for nothing.
 
 Hypercorn's trio worker runs one ``TCPServer`` per connection. On the media path each inbound
 WebSocket frame is one socket read and each outbound frame one send, and these cost a
@@ -13,24 +13,31 @@ noticeable share of a call's CPU (``py-spy`` on 10 pipecat calls, see ``bench/NO
   fairness round, a whole Trio task step per frame, although the caller yields anyway before
   it could send or read again;
 * every received frame crosses a memory channel to the app's task -- for a bridged app, only
-  for a pump task to hand it on to asyncio.
+  for a pump task to hand it on to asyncio;
+* every request on a keep-alive connection cancels the connection's idle task when it begins
+  and starts a new one (a task spawn, a ``nursery.start`` handshake and two lock rounds) when
+  it ends -- five Trio steps of the twenty a ``POST /bot`` took;
+* h11 ends a response that has a length with an empty write, a system call for nothing.
 
 `LeanTCPServer` reads with `receive_some` (wait, then read; no scope) when no read timeout is
-set, sends with `send_all` (no yield when the kernel takes the data at once) on plain TCP, and
-takes the send lock with `checkpoints.acquire`; `LeanTaskGroup` gives each app an `AppInbox`,
-which puts with `checkpoints.send` and which `asgi_bridge` takes over, so the reader hands
-frames straight to asyncio. With a read timeout or TLS, Hypercorn's own reads and sends run.
-Everything else -- protocol handling, closing, idle timeouts -- is Hypercorn's. `install`
-makes Hypercorn's trio worker use them. ``tests/test_tcp_server.py`` runs real Hypercorn with
-and without them: the steps per frame (one in each direction instead of two and three) and
-the read-timeout and close behaviour are checked against stock Hypercorn, so an upgrade that
-changes what this overrides fails there.
+set, sends with `send_all` (no yield when the kernel takes the data at once) on plain TCP,
+skips empty writes, and takes the send lock with `checkpoints.acquire`. Its idle timeout is
+one task per connection whose deadline requests move (`IdleTimer`), and which ends with the
+connection. `LeanTaskGroup` gives each app an `AppInbox`, which puts with `checkpoints.send`
+and which `asgi_bridge` and `http_connection` take over, so the reader hands frames and body
+parts straight to their consumer. With a read timeout or TLS, Hypercorn's own reads and sends
+run. Everything else -- protocol handling, closing -- is Hypercorn's. `install` makes
+Hypercorn's trio worker use them. ``tests/test_tcp_server.py`` runs real Hypercorn with and
+without them: the steps per frame (one in each direction instead of two and three), the idle
+timeout, shutdown, and the read-timeout and close behaviour are checked against stock
+Hypercorn, so an upgrade that changes what this overrides fails there.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from math import inf
 from types import TracebackType
 from typing import Any
 
@@ -38,7 +45,7 @@ import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.task_group import _handle as hypercorn_handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
@@ -63,6 +70,74 @@ class SendLock:
         tb: TracebackType | None,
     ) -> None:
         self._lock.release()
+
+
+class IdleTimer:
+    """When an idle connection is to be closed: Hypercorn's idle task, without a task per request.
+
+    Hypercorn closes a connection that stays idle (no request under way) for
+    ``keep_alive_timeout``, or that is idle once the worker is terminating; a request under way
+    is never cut. It does so with a task it cancels when a request begins and starts anew when
+    it ends. Here one task per connection waits in `wait_until_due`, and `busy` and `idle`
+    only move its deadline -- no task step at all on a keep-alive request. A termination that
+    arrives while a request is under way takes effect when it ends, as with Hypercorn (whose
+    new idle task would find the worker terminated at once).
+
+    Unlike Hypercorn's, the task ends with the connection (`stop`): Hypercorn's idle task
+    outlives a connection its client closed while idle, holding the connection's task group
+    for the rest of the timeout.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._idle = True
+        self._deadline = inf
+        self._scope = trio.CancelScope()
+        self._wake_when_idle = False
+        self._stopped = False
+
+    def busy(self) -> None:
+        """A request began: the connection is not closed until `idle`."""
+        self._idle = False
+        self._move(inf)
+
+    def idle(self) -> None:
+        """The connection is idle from now on: the timeout starts over."""
+        self._idle = True
+        if self._wake_when_idle:
+            self._scope.cancel()  # the worker terminated meanwhile: close now
+        else:
+            self._move(trio.current_time() + self._timeout)
+
+    def stop(self) -> None:
+        """The connection has ended: `wait_until_due` returns False."""
+        self._stopped = True
+        self._scope.cancel()
+
+    def _move(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._scope.deadline = deadline
+
+    async def wait_until_due(self, terminated: Any) -> bool:
+        """Return True once the connection is to be closed: idle for the timeout, or idle
+        while or after ``terminated`` (Hypercorn's worker-wide event) is set; False if it
+        ended otherwise (`stop`)."""
+        if self._stopped:
+            return False
+        self._move(trio.current_time() + self._timeout)  # a new connection starts idle
+        with trio.CancelScope(deadline=self._deadline) as self._scope:
+            await terminated.wait()
+        if self._stopped:
+            return False
+        # The deadline passed (it is only ever finite while idle; a request that began as it
+        # passed is closed on, as Hypercorn's idle task would), or the worker terminated.
+        if self._idle or not terminated.is_set():
+            return True
+        # Terminated while a request is under way: close once it has ended.
+        self._wake_when_idle = True
+        with trio.CancelScope() as self._scope:
+            await trio.sleep_forever()
+        return not self._stopped
 
 
 class LeanTaskGroup(TaskGroup):
@@ -148,13 +223,22 @@ class LeanTCPServer(TCPServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.send_lock = SendLock()  # type: ignore[assignment]
+        self._idle_timer = IdleTimer(self.config.keep_alive_timeout)
         # Plain TCP on POSIX: the socket's descriptor can be read and written directly.
         self._plain = os.name == "posix" and isinstance(self.stream, trio.SocketStream)
 
     async def _read_data(self) -> None:
-        if self.config.read_timeout or not self._plain:
-            await super()._read_data()
-            return
+        try:
+            if self.config.read_timeout or not self._plain:
+                await super()._read_data()
+            else:
+                await self._read_plain()
+        finally:
+            # Nothing is read any more: the connection ends now, not when an idle timeout
+            # would have closed it.
+            self._idle_timer.stop()
+
+    async def _read_plain(self) -> None:
         while True:
             try:
                 data = await receive_some(self.stream)
@@ -166,15 +250,29 @@ class LeanTCPServer(TCPServer):
         await self.protocol.handle(Closed())
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            # Hypercorn's run() started `_idle_timeout` once, for the whole connection.
+            if event.idle:
+                self._idle_timer.idle()
+            else:
+                self._idle_timer.busy()
+            return
         if not (self._plain and isinstance(event, RawData)):
             await super().protocol_send(event)
             return
+        if not event.data:
+            return  # h11 ends a response with a length with no bytes at all: nothing to write
         async with self.send_lock:
             try:
                 with trio.CancelScope(shield=True):  # as Hypercorn: a send is never cut short
                     await send_all(self.stream, event.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
+
+    async def _idle_timeout(self) -> None:
+        if await self._idle_timer.wait_until_due(self.context.terminated):
+            with trio.CancelScope(shield=True):
+                await self._initiate_server_close()
 
 
 def install() -> None:

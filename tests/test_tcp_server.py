@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,17 +23,24 @@ from pipecat_base import tcp_server
 from pipecat_base.asgi_bridge import open_asgi_bridge
 from pipecat_base.bridge import open_bridge_loop, wait_task
 
+from .hypercorn_serving import LEAN, STOCK, serving
 from .steps import counting_steps
 
 FRAMES = 50
-STOCK = (hypercorn.trio.tcp_server.TCPServer, hypercorn.trio.task_group.TaskGroup)
-LEAN = (tcp_server.LeanTCPServer, tcp_server.LeanTaskGroup)
+
+
+SLOW_SECONDS = 10
 
 
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A bare ASGI WebSocket echo, a plain HTTP 200, and a lifespan that just agrees."""
+    """A bare ASGI WebSocket echo, a plain HTTP 200 (after `SLOW_SECONDS` on ``/slow``), and a
+    lifespan that just agrees."""
     if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["path"] == "/slow":
+            await trio.sleep(SLOW_SECONDS)
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
         await send({"type": "http.response.body", "body": b"ok"})
         return
     if scope["type"] == "lifespan":
@@ -65,28 +69,10 @@ def bridged_echo_app(loop: Any) -> Any:
     return app
 
 
-@asynccontextmanager
-async def serving(
-    classes: tuple[type, type], config: Config, app: Any = echo_app
-) -> AsyncIterator[str]:
-    """Hypercorn serving ``app`` with the given connection server and task group."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(hypercorn.trio.run, "TCPServer", classes[0])
-        patch.setattr(hypercorn.trio.tcp_server, "TaskGroup", classes[1])
-        config.bind = ["127.0.0.1:0"]
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                partial(hypercorn.trio.serve, app, config, shutdown_trigger=stop.wait)
-            )
-            yield binds[0].replace("http://", "ws://")
-            stop.set()
-
-
 async def steps_per_echo(classes: tuple[type, type]) -> tuple[int, int]:
     """Steps of the connection's reader task and of its app task over `FRAMES` echoes, one
     frame in flight at a time (as a call's inbound audio arrives)."""
-    async with serving(classes, Config()) as url, open_websocket_url(url) as ws:
+    async with serving(classes, Config(), echo_app) as url, open_websocket_url(url) as ws:
         await ws.send_message("warm-up")
         await ws.get_message()
         with counting_steps("._run_handler", "._handle") as steps:
@@ -136,11 +122,11 @@ async def test_a_bridged_app_gets_each_frame_from_the_reader_without_a_pump():
 
 @pytest.mark.parametrize("read_timeout", [None, 2])
 @pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
-async def test_read_timeout_behaves_as_in_hypercorn(autojump_clock, classes, read_timeout):
+async def test_a_read_timeout_stops_reading_as_in_hypercorn(autojump_clock, classes, read_timeout):
     config = Config()
     config.read_timeout = read_timeout
     config.keep_alive_timeout = 60
-    async with serving(classes, config) as url:
+    async with serving(classes, config, echo_app) as url:
         host, port = url.removeprefix("ws://").split(":")
         stream = await trio.open_tcp_stream(host, int(port))
         await trio.sleep(3)
@@ -151,30 +137,216 @@ async def test_read_timeout_behaves_as_in_hypercorn(autojump_clock, classes, rea
             reply = b""
         if read_timeout is None:
             assert reply.startswith(b"HTTP/1.1 200")
-        else:  # reading stopped at 2 s; the idle connection is closed at the keep-alive timeout
+        else:
+            # Reading stopped at 2 s. Hypercorn's idle task then holds the connection open until
+            # the keep-alive timeout; the lean one ends with the reading, and the request sent
+            # at 3 s finds the connection closed.
             assert reply == b""
-            assert trio.current_time() == 60
+            assert trio.current_time() == (60 if classes is STOCK else 3)
         await stream.aclose()
 
 
 @pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
-async def test_a_client_closing_at_once_ends_the_connection_as_in_hypercorn(
-    autojump_clock, classes
-):
+async def test_a_client_closing_at_once_ends_the_connection(autojump_clock, classes):
     config = Config()
     config.keep_alive_timeout = 60
-    async with serving(classes, config) as url:
+    async with serving(classes, config, echo_app) as url:
         with counting_steps("._run_handler") as tasks:
             host, port = url.removeprefix("ws://").split(":")
             stream = await trio.open_tcp_stream(host, int(port))
             await stream.aclose()
             await tasks.exited["._run_handler"].wait()
             # Hypercorn's idle task holds a connection that never sent a request until the
-            # keep-alive timeout; the lean reader changes nothing about that.
-            assert trio.current_time() == 60
+            # keep-alive timeout; the lean one ends with the connection.
+            assert trio.current_time() == (60 if classes is STOCK else 0)
         # Reading stopped at the EOF: a handful of steps (9 with Hypercorn 0.18), not a loop
         # over empty reads.
         assert tasks.counts["._run_handler"] <= 12
+
+
+# -- keep-alive connections: the idle timeout (`IdleTimer`) ---------------------------------
+
+KEEP_ALIVE = 5
+
+
+async def open_http(url: str) -> trio.SocketStream:
+    host, port = url.removeprefix("ws://").split(":")
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def request(stream: trio.SocketStream, path: str = "/") -> None:
+    """One keep-alive ``GET`` and its whole response (`echo_app` answers ``ok``)."""
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nhost: test\r\n\r\n".encode())
+    reply = b""
+    while not reply.endswith(b"\r\n\r\nok"):
+        data = await stream.receive_some()
+        assert data, f"closed before the answer to {path}"
+        reply += data
+    assert reply.startswith(b"HTTP/1.1 200")
+
+
+async def closed_at(stream: trio.SocketStream) -> float:
+    """When the server closes the connection (it sends nothing more before that)."""
+    try:
+        assert await stream.receive_some() == b""
+    except trio.BrokenResourceError:
+        pass
+    return trio.current_time()
+
+
+def keep_alive_config() -> Config:
+    config = Config()
+    config.keep_alive_timeout = KEEP_ALIVE
+    return config
+
+
+@pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
+async def test_an_idle_connection_closes_a_keep_alive_timeout_after_its_last_answer(
+    autojump_clock, classes
+):
+    async with serving(classes, keep_alive_config(), echo_app) as url:
+        stream = await open_http(url)
+        await trio.sleep(3)  # idle, but not for long enough
+        await request(stream)
+        await trio.sleep(4)
+        await request(stream)  # at 7: the timeout starts over
+        assert await closed_at(stream) == 7 + KEEP_ALIVE
+
+
+@pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
+async def test_a_request_longer_than_the_keep_alive_timeout_is_answered(autojump_clock, classes):
+    async with serving(classes, keep_alive_config(), echo_app) as url:
+        stream = await open_http(url)
+        await request(stream, "/slow")
+        assert trio.current_time() == SLOW_SECONDS
+        assert await closed_at(stream) == SLOW_SECONDS + KEEP_ALIVE
+
+
+@pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
+async def test_shutdown_closes_idle_connections_at_once_and_busy_ones_after_their_answer(
+    autojump_clock, classes
+):
+    stop = trio.Event()
+    config = keep_alive_config()
+    config.graceful_timeout = 2 * SLOW_SECONDS  # Hypercorn's bound on the busy one: not reached
+    async with serving(classes, config, echo_app, stop=stop) as url:
+        idle, busy = await open_http(url), await open_http(url)
+        await request(idle)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request, busy, "/slow")
+            await trio.sleep(1)
+            stop.set()  # at 1, with one request under way
+            assert await closed_at(idle) == 1
+        assert trio.current_time() == SLOW_SECONDS
+        assert await closed_at(busy) == SLOW_SECONDS
+
+
+@pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
+async def test_a_connection_idle_when_the_worker_terminates_closes_at_once(autojump_clock, classes):
+    stop = trio.Event()
+    async with serving(classes, keep_alive_config(), echo_app, stop=stop) as url:
+        stream = await open_http(url)  # never sends a request
+        await trio.sleep(2)
+        stop.set()
+        assert await closed_at(stream) == 2
+
+
+async def due_at(timer: tcp_server.IdleTimer, terminated: trio.Event, events: Any) -> float:
+    """How long after it was called `IdleTimer.wait_until_due` returns, while
+    ``events(timer)`` runs beside it."""
+    began = trio.current_time()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(events, timer)
+            assert await timer.wait_until_due(terminated)
+            nursery.cancel_scope.cancel()
+    return trio.current_time() - began
+
+
+async def test_idle_timer_is_due_a_timeout_after_the_connection_opened_or_last_went_idle(
+    autojump_clock,
+):
+    async def nothing(timer: tcp_server.IdleTimer) -> None:
+        await trio.sleep_forever()
+
+    async def a_request_from_1_to_4(timer: tcp_server.IdleTimer) -> None:
+        await trio.sleep(1)
+        timer.busy()
+        await trio.sleep(3)
+        timer.idle()
+
+    assert await due_at(tcp_server.IdleTimer(5), trio.Event(), nothing) == 5
+    assert await due_at(tcp_server.IdleTimer(5), trio.Event(), a_request_from_1_to_4) == 4 + 5
+
+
+async def test_idle_timer_is_due_when_the_worker_terminates_or_once_the_request_ended(
+    autojump_clock,
+):
+    terminated = trio.Event()
+
+    async def terminated_at_2(timer: tcp_server.IdleTimer) -> None:
+        await trio.sleep(2)
+        terminated.set()
+
+    assert await due_at(tcp_server.IdleTimer(5), terminated, terminated_at_2) == 2
+
+    terminated = trio.Event()
+
+    async def terminated_at_2_during_a_request_to_30(timer: tcp_server.IdleTimer) -> None:
+        timer.busy()
+        await trio.sleep(2)
+        terminated.set()
+        await trio.sleep(28)
+        timer.idle()
+
+    timer = tcp_server.IdleTimer(5)
+    assert await due_at(timer, terminated, terminated_at_2_during_a_request_to_30) == 30
+
+
+async def test_idle_timer_stopped_with_its_connection_is_not_due(autojump_clock):
+    timer = tcp_server.IdleTimer(5)
+    async with trio.open_nursery() as nursery:
+
+        async def stop_at_1() -> None:
+            await trio.sleep(1)
+            timer.stop()
+
+        nursery.start_soon(stop_at_1)
+        assert not await timer.wait_until_due(trio.Event())
+        assert trio.current_time() == 1
+
+
+@pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
+async def test_a_connection_its_client_left_mid_request_ends_with_the_request(
+    autojump_clock, classes
+):
+    async with serving(classes, keep_alive_config(), echo_app) as url:
+        with counting_steps("._run_handler") as tasks:
+            stream = await open_http(url)
+            await stream.send_all(b"GET /slow HTTP/1.1\r\nhost: test\r\n\r\n")
+            await trio.sleep(1)
+            await stream.aclose()
+            with trio.fail_after(60):
+                await tasks.exited["._run_handler"].wait()
+            assert trio.current_time() == SLOW_SECONDS
+
+
+async def test_a_keep_alive_request_starts_no_idle_task():
+    async def idle_task_steps(classes: tuple[type, type]) -> int:
+        async with serving(classes, Config(), echo_app) as url:
+            stream = await open_http(url)
+            await request(stream)
+            with counting_steps("._idle_timeout") as steps:
+                for _ in range(FRAMES):
+                    await request(stream)
+            await stream.aclose()
+        return steps.counts["._idle_timeout"]
+
+    # Stock: each request cancels the idle task and starts a new one, which runs its first
+    # step and then its last (cancelled) one.
+    assert await idle_task_steps(STOCK) == 2 * FRAMES
+    # Lean: one idle task for the connection; a request only moves its deadline.
+    assert await idle_task_steps(LEAN) == 0
 
 
 def test_install_makes_hypercorns_trio_worker_use_the_lean_classes():
@@ -329,7 +501,7 @@ async def test_send_all_raises_closed_after_close_or_eof_and_broken_when_the_pee
 
 async def test_a_message_larger_than_the_socket_buffer_is_echoed_whole():
     message = "x" * (8 << 20)
-    async with serving(LEAN, Config()) as url:
+    async with serving(LEAN, Config(), echo_app) as url:
         async with open_websocket_url(url, max_message_size=16 << 20) as ws:
             await ws.send_message(message)
             assert await ws.get_message() == message
