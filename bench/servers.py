@@ -75,6 +75,19 @@ class Server:
         return time.monotonic() - sent
 
 
+async def wait_ready(url: str, bound: float = 60.0) -> None:
+    """Return once ``url/livez`` answers 200 (readiness is what startup measures: polled)."""
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(bound):
+            while True:
+                try:
+                    if (await client.get(f"{url}/livez")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.01)
+
+
 @asynccontextmanager
 async def running(
     kind: Kind,
@@ -103,15 +116,7 @@ async def running(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient() as client:
-            with trio.fail_after(60):
-                while True:  # readiness is what is measured: poll /livez
-                    try:
-                        if (await client.get(f"{url}/livez")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.01)
+        await wait_ready(url)
         yield Server(kind, process, url, time.monotonic() - started)
     finally:
         if process.returncode is None:

@@ -204,3 +204,33 @@ async def test_ab_bot_mode_measures_sessions_and_their_round_trips():
     for result in run.values():
         assert result.cpu_ms >= 0
         assert 0 < result.rtt_p50_ms <= result.rtt_p99_ms
+
+
+@needs_pipecat
+@pytest.mark.slow
+async def test_steps_finds_a_bot_session_in_two_tasks_of_the_server():
+    from bench.steps import measure
+
+    with trio.fail_after(120):
+        per = await measure("bot", sessions=20, calls=0, seconds=0)
+    assert per.units == 20
+    # Per /bot: Hypercorn's task for the request (which runs the route) and the session's
+    # task; the connection's own tasks (reader, idle timeout) are spawned once for all 20.
+    assert {name: n for name, n in per.spawns.items() if n * per.units > 1} == {
+        "_handle": 1.0,
+        "_run": 1.0,
+    }
+    assert per.steps["_handle"] <= 4
+    assert per.rounds > 0
+
+
+@needs_pipecat
+@pytest.mark.slow
+async def test_steps_counts_per_inbound_frame_in_the_media_modes():
+    from bench.steps import measure
+
+    with trio.fail_after(120):
+        per = await measure("raw", sessions=0, calls=1, seconds=0.5)
+    assert per.unit == "inbound frame"
+    assert per.units > 0
+    assert per.steps["_run_handler"] >= 1  # the connection's reader wakes for every frame
