@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,19 +95,22 @@ def _entries(path: Path) -> dict[str, float]:
     return entries
 
 
-async def session_starts(server: Server, plan: Plan, entry_log: Path, results: Results) -> None:
+async def session_starts(servers: list[tuple[Server, Path]], plan: Plan, results: Results) -> None:
+    """Sequential, then concurrent ``/bot`` sessions; each row on every server in turn (with
+    the log where its bot notes when it was entered)."""
     for label, count, concurrency in (
         ("seq", plan.sequential, 1),
         ("conc", plan.concurrent, plan.concurrent),
     ):
-        done = await post_bots(server, count, concurrency, label)
-        entries = _entries(entry_log)
-        enter = [(entries[sid] - sent) * 1000 for sid, sent, _ in done if sid in entries]
-        rtt = [(answered - sent) * 1000 for _, sent, answered in done]
-        results.add(f"bot_entry_{label}_p50_ms", server.kind, pct(enter, 50))
-        results.add(f"bot_entry_{label}_p99_ms", server.kind, pct(enter, 99))
-        results.add(f"bot_rtt_{label}_p50_ms", server.kind, pct(rtt, 50))
-        results.add(f"bot_rtt_{label}_p99_ms", server.kind, pct(rtt, 99))
+        for server, entry_log in servers:
+            done = await post_bots(server, count, concurrency, label)
+            entries = _entries(entry_log)
+            enter = [(entries[sid] - sent) * 1000 for sid, sent, _ in done if sid in entries]
+            rtt = [(answered - sent) * 1000 for _, sent, answered in done]
+            results.add(f"bot_entry_{label}_p50_ms", server.kind, pct(enter, 50))
+            results.add(f"bot_entry_{label}_p99_ms", server.kind, pct(enter, 99))
+            results.add(f"bot_rtt_{label}_p50_ms", server.kind, pct(rtt, 50))
+            results.add(f"bot_rtt_{label}_p99_ms", server.kind, pct(rtt, 99))
 
 
 async def memory(server: Server, plan: Plan, results: Results) -> None:
@@ -120,32 +123,34 @@ async def memory(server: Server, plan: Plan, results: Results) -> None:
         results.add(f"rss_after_{mark}_sessions_mib", server.kind, rss_mib(server.pid))
 
 
-async def media(server: Server, plan: Plan, results: Results) -> None:
-    ws_url = server.ws_url
-    rtts = await load.ping_pong(ws_url, plan.ping_pong_frames)
-    results.add("ping_pong_rtt_p50_ms", server.kind, pct(rtts, 50) * 1000)
-    results.add("ping_pong_rtt_p99_ms", server.kind, pct(rtts, 99) * 1000)
+async def media(servers: list[Server], plan: Plan, results: Results) -> None:
+    """Ping-pong, then each media load; each row on every server in turn, seconds apart, so
+    the machine's drift over minutes stays out of the ratio."""
+    for server in servers:
+        rtts = await load.ping_pong(server.ws_url, plan.ping_pong_frames)
+        results.add("ping_pong_rtt_p50_ms", server.kind, pct(rtts, 50) * 1000)
+        results.add("ping_pong_rtt_p99_ms", server.kind, pct(rtts, 99) * 1000)
     for mode in plan.media_modes:
         for count in plan.media_loads:
-            before = cpu_seconds(server.pid)
-            calls = await load.calls(ws_url, mode, count, plan.media_seconds)
-            # The bots' teardown after the hang-up, and any backlog an overloaded server is
-            # still working through, are part of the cost -- and must not spill into the next
-            # scenario's figures.
-            await settle(server.pid)
-            cpu = cpu_seconds(server.pid) - before
-            rtts = [r for c in calls for r in c.rtts]
-            key = f"{mode}_{count}"
-            results.add(
-                f"cpu_ms_per_call_s_{key}", server.kind, cpu * 1000 / (count * plan.media_seconds)
-            )
-            results.add(f"rtt_p50_ms_{key}", server.kind, pct(rtts, 50) * 1000)
-            results.add(f"rtt_p99_ms_{key}", server.kind, pct(rtts, 99) * 1000)
-            results.add(
-                f"lost_reordered_corrupted_frames_{key}", server.kind, sum(c.faults for c in calls)
-            )
-            if mode == "pipecat" and count == 10:
-                results.rtt_samples[server.kind.name] = [r * 1000 for r in rtts]
+            for server in servers:
+                await media_load(server, plan, mode, count, results)
+
+
+async def media_load(server: Server, plan: Plan, mode: str, count: int, results: Results) -> None:
+    before = cpu_seconds(server.pid)
+    calls = await load.calls(server.ws_url, mode, count, plan.media_seconds)
+    # The bots' teardown after the hang-up, and any backlog an overloaded server is still
+    # working through, are part of the cost -- and must not spill into the next figures.
+    await settle(server.pid)
+    cpu = cpu_seconds(server.pid) - before
+    rtts = [r for c in calls for r in c.rtts]
+    key = f"{mode}_{count}"
+    results.add(f"cpu_ms_per_call_s_{key}", server.kind, cpu * 1000 / (count * plan.media_seconds))
+    results.add(f"rtt_p50_ms_{key}", server.kind, pct(rtts, 50) * 1000)
+    results.add(f"rtt_p99_ms_{key}", server.kind, pct(rtts, 99) * 1000)
+    results.add(f"lost_reordered_corrupted_frames_{key}", server.kind, sum(c.faults for c in calls))
+    if mode == "pipecat" and count == 10:
+        results.rtt_samples[server.kind.name] = [r * 1000 for r in rtts]
 
 
 async def settle(
@@ -213,19 +218,29 @@ async def capacity(kind: Kind, plan: Plan, results: Results) -> None:
 
 
 async def run_all(plan: Plan) -> Results:
+    """Every scenario, ``plan.runs`` times. Within a run both servers are up, and each row is
+    measured on one and then the other (who goes first alternates from run to run)."""
     results = Results()
-    for _ in range(plan.runs):
-        for kind in KINDS:  # alternate: ours, baseline, ours, ...
-            with tempfile.TemporaryDirectory() as tmp:
-                entry_log = Path(tmp) / "entries"
-                entry_log.touch()
-                async with running(kind, env={"BENCH_ENTRY_LOG": str(entry_log)}) as server:
+    for run in range(plan.runs):
+        kinds = KINDS if run % 2 == 0 else KINDS[::-1]
+        with tempfile.TemporaryDirectory() as tmp:
+            async with AsyncExitStack() as stack:
+                servers: list[tuple[Server, Path]] = []
+                for kind in kinds:
+                    entry_log = Path(tmp) / f"entries-{kind.module}"
+                    entry_log.touch()
+                    env = {"BENCH_ENTRY_LOG": str(entry_log)}
+                    server = await stack.enter_async_context(running(kind, env=env))
                     results.add("startup_s", kind, server.startup_seconds)
+                    servers.append((server, entry_log))
+                for server, _ in servers:
                     await memory(server, plan, results)
-                    await session_starts(server, plan, entry_log, results)
-                    await media(server, plan, results)
-                    await trio.sleep(0.5)  # let the last sessions finish: this stop is idle
-                    results.add("idle_shutdown_s", kind, await server.stop())
+                await session_starts(servers, plan, results)
+                await media([server for server, _ in servers], plan, results)
+                await trio.sleep(0.5)  # let the last sessions finish: these stops are idle
+                for server, _ in servers:
+                    results.add("idle_shutdown_s", server.kind, await server.stop())
+        for kind in kinds:
             await drain_accuracy(kind, results)
             if plan.capacity_ladder:
                 await capacity(kind, plan, results)

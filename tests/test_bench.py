@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -234,3 +235,39 @@ async def test_steps_counts_per_inbound_frame_in_the_media_modes():
     assert per.unit == "inbound frame"
     assert per.units > 0
     assert per.steps["_run_handler"] >= 1  # the connection's reader wakes for every frame
+
+
+async def test_media_rows_are_measured_on_each_server_in_turn(monkeypatch):
+    # Each load runs on one server and then on the other, seconds apart, before the next
+    # load: the machine's drift over minutes stays out of the ratio.
+    from bench import scenarios
+    from bench.scenarios import QUICK, Results, media
+
+    order: list[tuple[object, str, int]] = []
+
+    async def ping_pong(ws_url: str, frames: int) -> list[float]:
+        return [0.001]
+
+    async def media_load(server, plan, mode, count, results) -> None:
+        order.append((server, mode, count))
+
+    monkeypatch.setattr(scenarios.load, "ping_pong", ping_pong)
+    monkeypatch.setattr(scenarios, "media_load", media_load)
+
+    class Stand:
+        def __init__(self, name: str) -> None:
+            self.kind = SimpleNamespace(name=name)
+            self.ws_url = f"ws://{name}"
+
+        def __repr__(self) -> str:
+            return self.kind.name
+
+    ours, baseline = Stand("ours"), Stand("baseline")
+    await media([ours, baseline], QUICK, Results())
+    expected = [
+        (server, mode, count)
+        for mode in QUICK.media_modes
+        for count in QUICK.media_loads
+        for server in (ours, baseline)
+    ]
+    assert order == expected
