@@ -26,10 +26,9 @@ from pathlib import Path
 import trio
 
 from . import load, servers
-from .scenarios import pct, post_bots, settle
+from .scenarios import BOT, pct, post_bots, settle, warm_up
 
 BASELINE_NAME = "baseline"
-BOT = "bot"
 
 
 @dataclass(frozen=True)
@@ -91,15 +90,9 @@ async def paired_run(
             cpu = servers.cpu_seconds(server.pid) - before
             results[name] = RunResult(cpu * 1000 / (calls * seconds), sum(c.faults for c in made))
 
-        async def warm(server: servers.Server) -> None:  # imports and first-call costs
-            if mode == BOT:
-                await post_bots(server, 50, 1, "warm-up")
-            else:
-                await load.calls(server.ws_url, mode, 1, 1.0)
-
-        async with trio.open_nursery() as warm_up:
+        async with trio.open_nursery() as warming:
             for server in ready.values():
-                warm_up.start_soon(warm, server)
+                warming.start_soon(warm_up, server, mode)
         async with trio.open_nursery() as runs:
             for name, server in ready.items():
                 runs.start_soon(measure, name, server)

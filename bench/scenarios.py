@@ -19,6 +19,8 @@ from . import load
 from .servers import KINDS, Kind, Server, cpu_seconds, rss_mib, running
 
 CALL_P99_BUDGET = 0.020
+# The load of sequential `POST /bot` sessions, beside the media modes (`bench.ab`, `bench.steps`).
+BOT = "bot"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,14 @@ async def post_bots(
             for i in range(count):
                 nursery.start_soon(one, i)
     return out
+
+
+async def warm_up(server: Server, mode: str) -> None:
+    """Imports and first-call costs, before what is counted: a few sessions or one short call."""
+    if mode == BOT:
+        await post_bots(server, 20, 1, "warm-up")
+    else:
+        await load.calls(server.ws_url, mode, 1, 1.0)
 
 
 def _entries(path: Path) -> dict[str, float]:

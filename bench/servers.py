@@ -75,19 +75,6 @@ class Server:
         return time.monotonic() - sent
 
 
-async def wait_ready(url: str, bound: float = 60.0) -> None:
-    """Return once ``url/livez`` answers 200 (readiness is what startup measures: polled)."""
-    async with httpx.AsyncClient() as client:
-        with trio.fail_after(bound):
-            while True:
-                try:
-                    if (await client.get(f"{url}/livez")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.01)
-
-
 @asynccontextmanager
 async def running(
     kind: Kind,
@@ -96,12 +83,14 @@ async def running(
     env: dict[str, str] | None = None,
     cpu: int | None = None,
     root: Path | None = None,
+    launcher: Path | None = None,
 ) -> AsyncIterator[Server]:
     """A server of ``kind`` on a free port, ready (``/livez`` 200) when yielded; its code is
-    taken from ``root`` (another checkout of this repository; this one by default)."""
+    taken from ``root`` (another checkout of this repository; this one by default). ``launcher``
+    is a script run by path in place of ``-m kind.module`` (`bench.instrumented`)."""
     root = root or ROOT
     port = free_port()
-    argv = [sys.executable, "-m", kind.module]
+    argv = [sys.executable, *([str(launcher)] if launcher else ["-m", kind.module])]
     argv += ["serve", bot] if kind is OURS else [bot, "--port", str(port)]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
@@ -116,7 +105,15 @@ async def running(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        await wait_ready(url)
+        async with httpx.AsyncClient() as client:
+            with trio.fail_after(60):
+                while True:  # readiness is what is measured: poll /livez
+                    try:
+                        if (await client.get(f"{url}/livez")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.01)
         yield Server(kind, process, url, time.monotonic() - started)
     finally:
         if process.returncode is None:

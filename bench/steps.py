@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -23,10 +22,9 @@ from pathlib import Path
 import trio
 
 from . import load
-from .scenarios import post_bots
-from .servers import BENCH_BOT, OURS, ROOT, Server, free_port, wait_ready
+from .scenarios import BOT, post_bots, warm_up
+from .servers import OURS, ROOT, running
 
-BOT = "bot"
 INSTRUMENTED = Path(__file__).with_name("instrumented.py")
 
 
@@ -79,35 +77,21 @@ async def measure(
     """Run the instrumented server of ``root`` under the load and return its counts per unit."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "counts.json"
-        port = free_port()
-        env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1",
-               "PIPECAT_LOG_LEVEL": "WARNING", "PCC_RELEASE_SESSION_MEMORY": "false",
-               "PYTHONPATH": str(root), "BENCH_INSTRUMENT_OUT": str(out)}  # fmt: skip
-        argv = [sys.executable, str(INSTRUMENTED), "serve", BENCH_BOT]
-        process = await trio.lowlevel.open_process(argv, env=env, cwd=root)
-        try:
-            server = Server(OURS, process, f"http://127.0.0.1:{port}", 0.0)
-            await wait_ready(server.url)
-            if mode == BOT:
-                await post_bots(server, 20, 1, "warm-up")
-            else:
-                await load.calls(server.ws_url, mode, 1, 1.0)
-            process.send_signal(signal.SIGUSR2)  # count from here
+        env = {"BENCH_INSTRUMENT_OUT": str(out)}
+        async with running(OURS, env=env, root=root, launcher=INSTRUMENTED) as server:
+            await warm_up(server, mode)
+            server.process.send_signal(signal.SIGUSR2)  # count from here
             if mode == BOT:
                 await post_bots(server, sessions, 1, "steps")
                 unit, units = "POST /bot", sessions
             else:
                 made = await load.calls(server.ws_url, mode, calls, seconds)
                 unit, units = "inbound frame", sum(len(c.rtts) for c in made)
-            process.send_signal(signal.SIGUSR1)  # the snapshot (handled before SIGTERM)
-            process.send_signal(signal.SIGTERM)  # it is written as the server exits
-            with trio.fail_after(60):
-                await process.wait()
-            counts = json.loads(out.read_text())
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            # The snapshot, then SIGTERM, which the snapshot's handler runs before (signals are
+            # handled in number order); the server writes the snapshot as it exits.
+            server.process.send_signal(signal.SIGUSR1)
+            await server.stop()
+        counts = json.loads(out.read_text())
     return PerUnit.of(counts, unit, max(units, 1))
 
 

@@ -28,6 +28,12 @@ Sink = Callable[[Event], Awaitable[None]]
 class AppInbox:
     """One connection's events, from Hypercorn's reader (`put`) to the app (`receive`)."""
 
+    @staticmethod
+    def of(receive: Callable[[], Awaitable[Event]]) -> AppInbox | None:
+        """The inbox whose `receive` an app was given as its ASGI ``receive``, if it was."""
+        inbox = getattr(receive, "__self__", None)
+        return inbox if isinstance(inbox, AppInbox) and receive == inbox.receive else None
+
     def __init__(self, size: int) -> None:
         self._in, self._out = trio.open_memory_channel[Event](size)
         self._sink: Sink | None = None

@@ -180,8 +180,8 @@ async def open_asgi_bridge(
     """
     bridge = AsgiBridge(loop)
     async with trio.open_nursery() as nursery:
-        inbox = getattr(receive, "__self__", None)
-        if isinstance(inbox, AppInbox) and receive == inbox.receive:
+        inbox = AppInbox.of(receive)
+        if inbox is not None:
             bridge._divert(inbox)
         else:
             nursery.start_soon(bridge._pump_in, receive)

@@ -30,8 +30,8 @@ class DirectHTTPConnection(TrioASGIHTTPConnection):
     """A Quart-Trio HTTP connection without the per-request nursery (see module)."""
 
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        inbox = getattr(receive, "__self__", None)
-        if not (isinstance(inbox, AppInbox) and receive == inbox.receive):
+        inbox = AppInbox.of(receive)
+        if inbox is None:
             await super().__call__(receive, send)
             return
         request = self._create_request_from_scope(send)

@@ -91,7 +91,7 @@ class IdleTimer:
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
         self._idle = True
-        self._deadline = inf
+        # The scope `wait_until_due` waits in; its deadline is when an idle connection closes.
         self._scope = trio.CancelScope()
         self._wake_when_idle = False
         self._stopped = False
@@ -99,7 +99,7 @@ class IdleTimer:
     def busy(self) -> None:
         """A request began: the connection is not closed until `idle`."""
         self._idle = False
-        self._move(inf)
+        self._scope.deadline = inf
 
     def idle(self) -> None:
         """The connection is idle from now on: the timeout starts over."""
@@ -107,16 +107,12 @@ class IdleTimer:
         if self._wake_when_idle:
             self._scope.cancel()  # the worker terminated meanwhile: close now
         else:
-            self._move(trio.current_time() + self._timeout)
+            self._scope.deadline = trio.current_time() + self._timeout
 
     def stop(self) -> None:
         """The connection has ended: `wait_until_due` returns False."""
         self._stopped = True
         self._scope.cancel()
-
-    def _move(self, deadline: float) -> None:
-        self._deadline = deadline
-        self._scope.deadline = deadline
 
     async def wait_until_due(self, terminated: Any) -> bool:
         """Return True once the connection is to be closed: idle for the timeout, or idle
@@ -124,8 +120,8 @@ class IdleTimer:
         ended otherwise (`stop`)."""
         if self._stopped:
             return False
-        self._move(trio.current_time() + self._timeout)  # a new connection starts idle
-        with trio.CancelScope(deadline=self._deadline) as self._scope:
+        # A new connection starts idle.
+        with trio.CancelScope(deadline=trio.current_time() + self._timeout) as self._scope:
             await terminated.wait()
         if self._stopped:
             return False
@@ -250,24 +246,23 @@ class LeanTCPServer(TCPServer):
         await self.protocol.handle(Closed())
 
     async def protocol_send(self, event: Event) -> None:
-        if isinstance(event, Updated):
+        if self._plain and isinstance(event, RawData):  # every frame: checked first
+            if not event.data:
+                return  # h11 ends a response with a length with no bytes: nothing to write
+            async with self.send_lock:
+                try:
+                    with trio.CancelScope(shield=True):  # as Hypercorn: never cut a send short
+                        await send_all(self.stream, event.data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.protocol.handle(Closed())
+        elif isinstance(event, Updated):
             # Hypercorn's run() started `_idle_timeout` once, for the whole connection.
             if event.idle:
                 self._idle_timer.idle()
             else:
                 self._idle_timer.busy()
-            return
-        if not (self._plain and isinstance(event, RawData)):
+        else:
             await super().protocol_send(event)
-            return
-        if not event.data:
-            return  # h11 ends a response with a length with no bytes at all: nothing to write
-        async with self.send_lock:
-            try:
-                with trio.CancelScope(shield=True):  # as Hypercorn: a send is never cut short
-                    await send_all(self.stream, event.data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.protocol.handle(Closed())
 
     async def _idle_timeout(self) -> None:
         if await self._idle_timer.wait_until_due(self.context.terminated):

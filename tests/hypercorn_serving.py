@@ -41,3 +41,9 @@ async def serving(
             )
             yield binds[0].replace("http://", "ws://")
             stop.set()
+
+
+async def open_tcp(url: str) -> trio.SocketStream:
+    """A plain TCP connection to the server `serving` yielded ``url`` for."""
+    host, port = url.removeprefix("ws://").split(":")
+    return await trio.open_tcp_stream(host, int(port))

@@ -72,3 +72,14 @@ async def test_after_restore_events_go_to_receive_again():
     await inbox.put(event(1))
     assert [e["text"] for e in sunk] == ["0"]
     assert (await inbox.receive())["text"] == "1"
+
+
+def test_of_finds_the_inbox_behind_an_apps_receive_and_nothing_else():
+    inbox = AppInbox(10)
+
+    async def receive() -> dict:
+        return {}
+
+    assert AppInbox.of(inbox.receive) is inbox
+    assert AppInbox.of(inbox.put) is None  # the inbox's, but not its receive
+    assert AppInbox.of(receive) is None

@@ -17,7 +17,7 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from pipecat_base.app_inbox import AppInbox
 from pipecat_base.http_connection import DirectHTTPConnection
 
-from .hypercorn_serving import LEAN, STOCK, serving
+from .hypercorn_serving import LEAN, STOCK, open_tcp, serving
 from .steps import counting_steps
 
 CONNECTIONS = pytest.mark.parametrize(
@@ -91,8 +91,7 @@ async def test_a_body_sent_in_parts_after_the_headers_reaches_the_route_whole(
 async def test_a_client_leaving_before_the_answer_cancels_the_route(connection):
     probe = Probe()
     async with serving(LEAN, Config(), make_app(connection, probe)) as url:
-        host, port = url.removeprefix("ws://").split(":")
-        stream = await trio.open_tcp_stream(host, int(port))
+        stream = await open_tcp(url)
         await stream.send_all(b"GET /wait HTTP/1.1\r\nhost: test\r\n\r\n")
         with trio.fail_after(5):
             await probe.entered.wait()

@@ -23,7 +23,7 @@ from pipecat_base import tcp_server
 from pipecat_base.asgi_bridge import open_asgi_bridge
 from pipecat_base.bridge import open_bridge_loop, wait_task
 
-from .hypercorn_serving import LEAN, STOCK, serving
+from .hypercorn_serving import LEAN, STOCK, open_tcp, serving
 from .steps import counting_steps
 
 FRAMES = 50
@@ -127,8 +127,7 @@ async def test_a_read_timeout_stops_reading_as_in_hypercorn(autojump_clock, clas
     config.read_timeout = read_timeout
     config.keep_alive_timeout = 60
     async with serving(classes, config, echo_app) as url:
-        host, port = url.removeprefix("ws://").split(":")
-        stream = await trio.open_tcp_stream(host, int(port))
+        stream = await open_tcp(url)
         await trio.sleep(3)
         await stream.send_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
         try:
@@ -152,8 +151,7 @@ async def test_a_client_closing_at_once_ends_the_connection(autojump_clock, clas
     config.keep_alive_timeout = 60
     async with serving(classes, config, echo_app) as url:
         with counting_steps("._run_handler") as tasks:
-            host, port = url.removeprefix("ws://").split(":")
-            stream = await trio.open_tcp_stream(host, int(port))
+            stream = await open_tcp(url)
             await stream.aclose()
             await tasks.exited["._run_handler"].wait()
             # Hypercorn's idle task holds a connection that never sent a request until the
@@ -167,11 +165,6 @@ async def test_a_client_closing_at_once_ends_the_connection(autojump_clock, clas
 # -- keep-alive connections: the idle timeout (`IdleTimer`) ---------------------------------
 
 KEEP_ALIVE = 5
-
-
-async def open_http(url: str) -> trio.SocketStream:
-    host, port = url.removeprefix("ws://").split(":")
-    return await trio.open_tcp_stream(host, int(port))
 
 
 async def request(stream: trio.SocketStream, path: str = "/") -> None:
@@ -205,7 +198,7 @@ async def test_an_idle_connection_closes_a_keep_alive_timeout_after_its_last_ans
     autojump_clock, classes
 ):
     async with serving(classes, keep_alive_config(), echo_app) as url:
-        stream = await open_http(url)
+        stream = await open_tcp(url)
         await trio.sleep(3)  # idle, but not for long enough
         await request(stream)
         await trio.sleep(4)
@@ -216,7 +209,7 @@ async def test_an_idle_connection_closes_a_keep_alive_timeout_after_its_last_ans
 @pytest.mark.parametrize("classes", [STOCK, LEAN], ids=["stock", "lean"])
 async def test_a_request_longer_than_the_keep_alive_timeout_is_answered(autojump_clock, classes):
     async with serving(classes, keep_alive_config(), echo_app) as url:
-        stream = await open_http(url)
+        stream = await open_tcp(url)
         await request(stream, "/slow")
         assert trio.current_time() == SLOW_SECONDS
         assert await closed_at(stream) == SLOW_SECONDS + KEEP_ALIVE
@@ -230,7 +223,7 @@ async def test_shutdown_closes_idle_connections_at_once_and_busy_ones_after_thei
     config = keep_alive_config()
     config.graceful_timeout = 2 * SLOW_SECONDS  # Hypercorn's bound on the busy one: not reached
     async with serving(classes, config, echo_app, stop=stop) as url:
-        idle, busy = await open_http(url), await open_http(url)
+        idle, busy = await open_tcp(url), await open_tcp(url)
         await request(idle)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(request, busy, "/slow")
@@ -245,7 +238,7 @@ async def test_shutdown_closes_idle_connections_at_once_and_busy_ones_after_thei
 async def test_a_connection_idle_when_the_worker_terminates_closes_at_once(autojump_clock, classes):
     stop = trio.Event()
     async with serving(classes, keep_alive_config(), echo_app, stop=stop) as url:
-        stream = await open_http(url)  # never sends a request
+        stream = await open_tcp(url)  # never sends a request
         await trio.sleep(2)
         stop.set()
         assert await closed_at(stream) == 2
@@ -322,7 +315,7 @@ async def test_a_connection_its_client_left_mid_request_ends_with_the_request(
 ):
     async with serving(classes, keep_alive_config(), echo_app) as url:
         with counting_steps("._run_handler") as tasks:
-            stream = await open_http(url)
+            stream = await open_tcp(url)
             await stream.send_all(b"GET /slow HTTP/1.1\r\nhost: test\r\n\r\n")
             await trio.sleep(1)
             await stream.aclose()
@@ -334,7 +327,7 @@ async def test_a_connection_its_client_left_mid_request_ends_with_the_request(
 async def test_a_keep_alive_request_starts_no_idle_task():
     async def idle_task_steps(classes: tuple[type, type]) -> int:
         async with serving(classes, Config(), echo_app) as url:
-            stream = await open_http(url)
+            stream = await open_tcp(url)
             await request(stream)
             with counting_steps("._idle_timeout") as steps:
                 for _ in range(FRAMES):
