@@ -20,10 +20,14 @@ does, on the same Trio task:
 * when nothing is ready, the task sleeps (parked, one Trio step per wake-up) until a handle is
   queued or until the first timer's deadline (the loop's ``time()`` is Trio's clock, so
   asyncio deadlines are Trio deadlines, and virtual-time tests drive asyncio timers too).
+* asyncio's costs, not trio-asyncio's, per callback: ``call_soon``/``call_at``/``call_later``
+  check the callback only in debug mode, cancelled timers leave the heap as asyncio's do, and
+  while a batch runs asyncio's own running-loop and current-task lookups answer (`OwnLookups`).
 
 It relies on trio-asyncio internals (``_main_loop_one``, ``_q_send``, ``_timers``,
 ``_nursery``, its ``AsyncHandle``); when they are not as expected, nothing is replaced and a
-warning says so. Tested in tests/test_bridge.py.
+warning says so (`OwnLookups` takes asyncio's ``current_task`` from trio-asyncio's
+``_orig_current_task`` and leaves it alone when that is missing). Tested in tests/test_bridge.py.
 """
 
 from __future__ import annotations
@@ -43,59 +47,78 @@ from loguru import logger
 try:  # asyncio's own per-thread running loop (C); the pure-Python twins otherwise
     from _asyncio import _get_running_loop as get_running_loop
     from _asyncio import _set_running_loop as set_running_loop
+    from _asyncio import get_running_loop as get_running_loop_or_raise
 except ImportError:  # pragma: no cover
-    from asyncio.events import _get_running_loop as get_running_loop  # type: ignore[assignment]
-    from asyncio.events import _set_running_loop as set_running_loop  # type: ignore[assignment]
+    from asyncio.events import _py__get_running_loop as get_running_loop  # type: ignore[attr-defined]
+    from asyncio.events import _py__set_running_loop as set_running_loop  # type: ignore[attr-defined]
+    from asyncio.events import _py_get_running_loop as get_running_loop_or_raise  # type: ignore[attr-defined]
 
 # How many asyncio iterations, and how many seconds of callbacks, one Trio round may run. A
 # chain of callbacks (a task wakes another, which wakes the next: one pipecat frame crossing its
 # processors) takes one iteration per link; without this, every link costs a Trio round.
 ITERATIONS_PER_ROUND = 16
 ROUND_BUDGET = 0.0005
+# asyncio's thresholds for rebuilding its timer heap without the cancelled timers.
+MIN_TIMERS_TO_PRUNE = 100
 
 
 class ReadyQueue:
     """asyncio's ready queue and timer heap, standing in for trio-asyncio's memory channel."""
 
-    __slots__ = ("_waiter", "ready", "timers")
+    __slots__ = ("_cancelled_timers", "ready", "timers", "waiter")
 
     def __init__(self, timers: list[asyncio.TimerHandle]) -> None:
         self.ready: deque[asyncio.Handle] = deque()
         self.timers = timers
         # The loop's task while it sleeps in `wait` (parked directly: a trio.Event per idle
-        # costs an allocation and a parking lot for one known waiter).
-        self._waiter: trio.lowlevel.Task | None = None
+        # costs an allocation and a parking lot for one known waiter). `wake` it after
+        # appending to `ready` directly.
+        self.waiter: trio.lowlevel.Task | None = None
+        # Cancelled timers still in the heap (asyncio's ``_timer_cancelled_count``).
+        self._cancelled_timers = 0
 
     def send_nowait(self, handle: asyncio.Handle) -> None:
         """Queue ``handle`` (the name is the memory channel's, which trio-asyncio calls)."""
         if isinstance(handle, asyncio.TimerHandle):
-            heapq.heappush(self.timers, handle)
-            self._wake()
+            self.add_timer(handle)
         else:
             self.push(handle)
 
     def push(self, handle: asyncio.Handle) -> None:
         """Queue a ready ``handle`` (not a timer)."""
         self.ready.append(handle)
-        self._wake()
+        if self.waiter is not None:
+            self.wake()
 
-    def _wake(self) -> None:
-        waiter = self._waiter
+    def add_timer(self, timer: asyncio.TimerHandle) -> None:
+        """Schedule ``timer`` (a ``TimerHandle``) for its ``when``."""
+        timer._scheduled = True  # type: ignore[attr-defined]  # as asyncio: counted if cancelled
+        heapq.heappush(self.timers, timer)
+        if self.waiter is not None:
+            self.wake()  # it may be due before what the loop sleeps for
+
+    def timer_cancelled(self, timer: asyncio.TimerHandle) -> None:
+        """``timer`` was cancelled (asyncio's ``_timer_handle_cancelled``)."""
+        if timer._scheduled:  # type: ignore[attr-defined]
+            self._cancelled_timers += 1
+
+    def wake(self) -> None:
+        """Wake the loop's task if it sleeps in `wait`."""
+        waiter = self.waiter
         if waiter is not None:
-            self._waiter = None
+            self.waiter = None
             trio.lowlevel.reschedule(waiter)
 
     async def wait(self, time_now: float) -> None:
         """Return when a handle is ready or the first timer is due (``time_now`` is Trio time)."""
-        timers = self.timers
-        while timers and timers[0]._cancelled:  # as asyncio does: no wake-up for a dead timer
-            heapq.heappop(timers)
+        self._drop_cancelled_timers()
         if self.ready:
             return
+        timers = self.timers
         deadline = timers[0]._when if timers else math.inf
         if deadline <= time_now:
             return
-        self._waiter = trio.lowlevel.current_task()
+        self.waiter = trio.lowlevel.current_task()
         if deadline == math.inf:
             await trio.lowlevel.wait_task_rescheduled(self._abort)
         else:
@@ -104,7 +127,7 @@ class ReadyQueue:
 
     def _abort(self, _: Any) -> trio.lowlevel.Abort:
         # The deadline (or a cancellation) ended the sleep: no handle may wake it any more.
-        self._waiter = None
+        self.waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
 
     def pending(self, time_now: float) -> bool:
@@ -115,7 +138,33 @@ class ReadyQueue:
         """Move the timers due at ``time_now`` to the end of the ready queue."""
         timers, ready = self.timers, self.ready
         while timers and timers[0]._when <= time_now:
-            ready.append(heapq.heappop(timers))
+            timer = heapq.heappop(timers)
+            if timer._cancelled:
+                self._cancelled_timers -= 1
+            else:
+                timer._scheduled = False  # type: ignore[attr-defined]
+                ready.append(timer)
+
+    def _drop_cancelled_timers(self) -> None:
+        # As asyncio does: rebuild the heap when most of it is cancelled timers (pipecat's
+        # ``wait_for`` timeouts mostly never fire; left in, they make every push and pop
+        # dearer and hold their callbacks), else drop those at its head, which would
+        # otherwise set a deadline to wake up for.
+        timers = self.timers
+        if len(timers) > MIN_TIMERS_TO_PRUNE and self._cancelled_timers * 2 > len(timers):
+            kept = []
+            for timer in timers:
+                if timer._cancelled:
+                    timer._scheduled = False  # type: ignore[attr-defined]
+                else:
+                    kept.append(timer)
+            heapq.heapify(kept)
+            timers[:] = kept  # in place: trio-asyncio holds this list
+            self._cancelled_timers = 0
+        else:
+            while timers and timers[0]._cancelled:
+                self._cancelled_timers -= 1
+                heapq.heappop(timers)._scheduled = False  # type: ignore[attr-defined]
 
 
 def speed_up_running_loop_lookup() -> bool:
@@ -148,6 +197,54 @@ def speed_up_running_loop_lookup() -> bool:
     return True
 
 
+class OwnLookups:
+    """asyncio's own running-loop and current-task lookups, put in place while a batch runs.
+
+    trio-asyncio replaces ``asyncio.get_running_loop``, ``_get_running_loop`` and
+    ``current_task`` process-wide with Python functions that also work from Trio tasks.
+    asyncio calls them on every queue wait, timeout and sleep (a pipecat call makes tens of
+    thousands of such calls a minute). While a batch runs, the loop is asyncio's own running
+    loop, so asyncio's originals (C, per thread) give the same answers without a Python frame
+    each; `use_own` puts them in place for the batch and `restore` puts back what was there
+    (trio-asyncio's, sped up by `speed_up_running_loop_lookup`). Other threads get the same
+    answers from either: theirs is not a Trio thread.
+    """
+
+    __slots__ = ("_own", "_theirs")
+
+    def __init__(self, own: list[tuple[Any, str, Any]], theirs: list[tuple[Any, str, Any]]):
+        self._own = own
+        self._theirs = theirs
+
+    @classmethod
+    def capture(cls) -> OwnLookups:
+        """The lookups in place now (to restore) and asyncio's originals (to use in batches)."""
+        from trio_asyncio import _loop as trio_asyncio_loop
+
+        originals = {
+            "_get_running_loop": get_running_loop,
+            "get_running_loop": get_running_loop_or_raise,
+            # asyncio's, saved by trio-asyncio before it replaced it (C from 3.12 on)
+            "current_task": getattr(trio_asyncio_loop, "_orig_current_task", None),
+        }
+        own, theirs = [], []
+        for module in (asyncio, asyncio.events, asyncio.tasks):
+            for name, original in originals.items():
+                current = module.__dict__.get(name)
+                if original is not None and current is not None and current is not original:
+                    own.append((module, name, original))
+                    theirs.append((module, name, current))
+        return cls(own, theirs)
+
+    def use_own(self) -> None:
+        for module, name, function in self._own:
+            setattr(module, name, function)
+
+    def restore(self) -> None:
+        for module, name, function in self._theirs:
+            setattr(module, name, function)
+
+
 def install(loop: asyncio.AbstractEventLoop) -> bool:
     """Replace the scheduler of trio-asyncio's ``loop`` (see the module doc); False if unable."""
     from trio_asyncio import _base as trio_asyncio_base
@@ -166,49 +263,58 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
     queue = ReadyQueue(loop._timers)  # type: ignore[attr-defined]
     ready = queue.ready
     clock = time.perf_counter
+    speed_up_running_loop_lookup()
+    lookups = OwnLookups.capture()
 
     async def start_trio_task(self: Any, handle: Any) -> None:
         # A Trio function started from asyncio (trio_as_aio): as trio-asyncio does it.
         handle._context.run(self._nursery.start_soon, handle._run, name=handle._callback)
         await handle._started.wait()
 
-    async def run_ready(self: Any) -> None:
-        """One asyncio iteration: the handles ready now, in order, with ``self`` as asyncio's
-        running loop (as under ``run_forever``; see `speed_up_running_loop_lookup`)."""
-        previous = sniffio_local.name
-        previous_loop = get_running_loop()
+    def begin(self: Any) -> tuple[str | None, Any]:
+        # asyncio's view while callbacks run: as under ``run_forever``, ``self`` is the
+        # running loop, and asyncio's own lookups answer (see `OwnLookups`).
+        previous = (sniffio_local.name, get_running_loop())
         sniffio_local.name = "asyncio"
         set_running_loop(self)
+        lookups.use_own()
+        return previous
+
+    def end(previous: tuple[str | None, Any]) -> None:
+        lookups.restore()
+        set_running_loop(previous[1])
+        sniffio_local.name = previous[0]
+
+    async def run_batch(self: Any, iterations: int) -> None:
+        """Up to ``iterations`` asyncio iterations (or `ROUND_BUDGET` seconds): due timers join
+        the ready queue, then exactly the handles ready at that moment run, in order."""
+        stop_at = clock() + ROUND_BUDGET
+        previous = begin(self)
         try:
-            for _ in range(len(ready)):
-                handle = ready.popleft()
-                if isinstance(handle, async_handle):
-                    sniffio_local.name = previous
-                    set_running_loop(previous_loop)  # other Trio tasks run meanwhile
-                    await start_trio_task(self, handle)
-                    set_running_loop(self)
-                    sniffio_local.name = "asyncio"
-                elif not handle._cancelled:
-                    handle._run()
+            for _ in range(iterations):
+                queue.take_due(self.time())
+                if not ready:
+                    break
+                for _ in range(len(ready)):
+                    handle = ready.popleft()
+                    if isinstance(handle, async_handle):
+                        end(previous)  # other Trio tasks run meanwhile
+                        await start_trio_task(self, handle)
+                        previous = begin(self)
+                    elif not handle._cancelled:
+                        handle._run()
+                if clock() >= stop_at:
+                    break
         finally:
-            set_running_loop(previous_loop)
-            sniffio_local.name = previous
+            end(previous)
 
     async def main_loop_one(self: Any, no_wait: bool = False) -> None:
         if no_wait:  # the loop's shutdown drain: an iteration per call, WouldBlock when empty
-            queue.take_due(self.time())
-            if not ready:
+            if not queue.pending(self.time()):
                 raise trio.WouldBlock
-            return await run_ready(self)
+            return await run_batch(self, 1)
         await queue.wait(self.time())
-        stop_at = clock() + ROUND_BUDGET
-        for _ in range(ITERATIONS_PER_ROUND):
-            queue.take_due(self.time())
-            if not ready:
-                break
-            await run_ready(self)
-            if clock() >= stop_at:
-                break
+        await run_batch(self, ITERATIONS_PER_ROUND)
         # Yield here only when work is left. Otherwise the next call sleeps in `queue.wait`,
         # which yields anyway: a checkpoint first would cost every wake-up a second Trio step.
         if queue.pending(self.time()):
@@ -221,18 +327,37 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
 
     check_callback = loop._check_callback  # type: ignore[attr-defined]
 
+    # asyncio checks a callback (not a coroutine, callable) only in debug mode; trio-asyncio
+    # checks on every call, which was most of a callback's cost (for timers, pipecat's
+    # ``wait_for`` timeouts, ``inspect`` twice per call).
     def call_soon(
         self: Any, callback: Callable[..., Any], *args: Any, context: Any = None
     ) -> asyncio.Handle:
-        # asyncio checks the callback (not a coroutine, callable) only in debug mode;
-        # trio-asyncio checks on every call, which was most of a callback's cost.
         if self._debug:
             check_callback(callback, "call_soon")
         if self._closed:
             raise RuntimeError("Event loop is closed")
         handle = asyncio.Handle(callback, args, self, context)
-        queue.push(handle)
+        ready.append(handle)  # `ReadyQueue.push`, inlined: thousands per call-second
+        if queue.waiter is not None:
+            queue.wake()
         return handle
+
+    def call_at(
+        self: Any, when: float, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        if self._debug:
+            check_callback(callback, "call_at")
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        timer = asyncio.TimerHandle(when, callback, args, self, context)
+        queue.add_timer(timer)
+        return timer
+
+    def call_later(
+        self: Any, delay: float, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        return call_at(self, self.time() + delay, callback, *args, context=context)
 
     # The loop task may already be blocked in trio-asyncio's channel receive: one no-op handle
     # wakes it, and from its next iteration on it runs `main_loop_one` (looked up each time).
@@ -240,7 +365,9 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
     loop._q_send = queue  # type: ignore[attr-defined]
     loop._main_loop_one = types.MethodType(main_loop_one, loop)  # type: ignore[attr-defined]
     loop._queue_handle = types.MethodType(queue_handle, loop)  # type: ignore[attr-defined]
+    loop._timer_handle_cancelled = queue.timer_cancelled  # type: ignore[attr-defined]
     loop.call_soon = types.MethodType(call_soon, loop)  # type: ignore[method-assign]
-    speed_up_running_loop_lookup()
+    loop.call_at = types.MethodType(call_at, loop)  # type: ignore[method-assign]
+    loop.call_later = types.MethodType(call_later, loop)  # type: ignore[method-assign]
     stock_channel.send_nowait(asyncio.Handle(lambda: None, (), loop))
     return True

@@ -196,8 +196,9 @@ async def send_all(stream: trio.SocketStream, data: bytes) -> None:
     trio's socket send ends with a scheduling round even when the data went straight into the
     kernel's buffer: a whole Trio step per outbound frame. Hypercorn's callers yield again
     before they send more (the bridge's pump receives its next message), and when the buffer is
-    full this falls back to ``send_all``, which waits for room and yields. Not a cancellation
-    point when it does not wait (Hypercorn shields its sends anyway).
+    full this falls back to ``send_all``, which waits for room and yields, shielded from
+    cancellation as Hypercorn shields its sends (a frame is never cut short). No cancel scope
+    when it does not wait: nothing could be cancelled.
     """
     sock = stream.socket
     fd = sock.fileno()
@@ -210,7 +211,8 @@ async def send_all(stream: trio.SocketStream, data: bytes) -> None:
     except OSError as exc:
         raise trio.BrokenResourceError(f"socket send failed: {exc!r}") from exc
     if sent < len(data):
-        await stream.send_all(memoryview(data)[sent:])
+        with trio.CancelScope(shield=True):
+            await stream.send_all(memoryview(data)[sent:])
 
 
 class LeanTCPServer(TCPServer):
@@ -251,8 +253,7 @@ class LeanTCPServer(TCPServer):
                 return  # h11 ends a response with a length with no bytes: nothing to write
             async with self.send_lock:
                 try:
-                    with trio.CancelScope(shield=True):  # as Hypercorn: never cut a send short
-                        await send_all(self.stream, event.data)
+                    await send_all(self.stream, event.data)  # shielded if it has to wait
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.protocol.handle(Closed())
         elif isinstance(event, Updated):

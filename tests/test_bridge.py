@@ -384,14 +384,81 @@ def test_an_unexpected_loop_keeps_its_own_scheduler(logs):
     assert logs.having("trio-asyncio's loop internals changed; keeping its own scheduler")
 
 
-async def test_call_soon_checks_callbacks_in_debug_mode_as_asyncio_does():
+@pytest.mark.parametrize("method", ["call_soon", "call_later", "call_at"])
+async def test_callbacks_are_checked_in_debug_mode_as_asyncio_does(method, autojump_clock):
     async def not_a_callback() -> None: ...
 
     async with open_bridge_loop() as loop:
+        schedule = getattr(loop, method)
+        when = [] if method == "call_soon" else [1 if method == "call_later" else loop.time() + 1]
         loop.set_debug(True)
-        with pytest.raises(TypeError, match="coroutines cannot be used with call_soon"):
-            loop.call_soon(not_a_callback)
+        checked_by = "call_soon" if method == "call_soon" else "call_at"  # asyncio's names
+        with pytest.raises(TypeError, match=f"coroutines cannot be used with {checked_by}"):
+            schedule(*when, not_a_callback)
         loop.set_debug(False)
         done = trio.Event()
-        loop.call_soon(done.set)  # no per-call check outside debug mode, as in asyncio
+        schedule(*when, done.set)  # no per-call check outside debug mode, as in asyncio
         await done.wait()
+
+
+async def test_a_timer_due_in_the_past_runs_at_once_as_in_asyncio(autojump_clock):
+    async with open_bridge_loop() as loop:
+        ran: list[str] = []
+        loop.call_later(-1, ran.append, "late")
+        loop.call_at(loop.time() - 5, ran.append, "later")
+        await trio.sleep(0.001)
+    assert ran == ["later", "late"]  # in the order of their deadlines
+
+
+async def test_cancelled_timers_leave_the_heap_as_asyncios_do(autojump_clock):
+    async with open_bridge_loop() as loop:
+        fired: list[int] = []
+        timers = [loop.call_later(10 + i, fired.append, i) for i in range(300)]
+        for timer in timers[100:]:  # not due for long, as pipecat's timeouts that never fire
+            timer.cancel()
+        loop.call_soon(lambda: None)  # the loop wakes, then waits for its next deadline
+        await trio.sleep(1)
+        # Most of a heap over 100 timers was cancelled: rebuilt with the live ones only.
+        assert len(loop._timers) == 100
+        for timer in timers[50:100]:
+            timer.cancel()
+        loop.call_soon(lambda: None)
+        await trio.sleep(1)
+        assert len(loop._timers) == 100  # half of 100 is not most: left for now
+        for timer in timers[:10]:
+            timer.cancel()
+        loop.call_soon(lambda: None)
+        await trio.sleep(1)
+        # Not over 100 timers: only the cancelled ones at the head leave.
+        assert len(loop._timers) == 90
+        await trio.sleep(400)
+    assert fired == list(range(10, 50))
+
+
+async def test_a_batch_sees_asyncios_own_lookups_and_trio_code_sees_trio_asyncios():
+    import _asyncio
+
+    from trio_asyncio import _loop as trio_asyncio_loop
+
+    async with open_bridge_loop() as loop:
+        trio_side = (asyncio.get_running_loop, asyncio.events._get_running_loop,
+                     asyncio.current_task, asyncio.tasks.current_task)  # fmt: skip
+        seen: dict[str, Any] = {}
+
+        async def in_a_task() -> None:
+            seen["lookups"] = (asyncio.get_running_loop, asyncio.events._get_running_loop,
+                               asyncio.current_task, asyncio.tasks.current_task)  # fmt: skip
+            seen["loop"] = asyncio.get_running_loop()
+            seen["task"] = asyncio.current_task()
+
+        task = loop.create_task(in_a_task())
+        await wait_task(task, cancel_grace=1)
+        assert seen["lookups"] == (_asyncio.get_running_loop, _asyncio._get_running_loop,
+                                   trio_asyncio_loop._orig_current_task,
+                                   trio_asyncio_loop._orig_current_task)  # fmt: skip
+        assert seen["loop"] is loop
+        assert seen["task"] is task
+        # After the batch, trio-asyncio's again: they find the loop from Trio code too.
+        assert (asyncio.get_running_loop, asyncio.events._get_running_loop,
+                asyncio.current_task, asyncio.tasks.current_task) == trio_side  # fmt: skip
+        assert asyncio.get_running_loop() is loop

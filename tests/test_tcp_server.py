@@ -478,6 +478,27 @@ async def test_send_all_waits_for_room_when_the_buffer_is_full_and_loses_nothing
     assert received == data
 
 
+async def test_a_cancelled_send_that_waits_for_room_still_sends_the_whole_frame():
+    # Hypercorn shields its sends: a frame cut short would corrupt the stream.
+    ours, peer = stream_pair()
+    data = bytes(range(256)) * 40_000
+    received = bytearray()
+    sender = trio.CancelScope()
+
+    async def send() -> None:
+        with sender:
+            await tcp_server.send_all(ours, data)
+        await ours.aclose()  # the peer reads to the end of what was sent
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        await trio.testing.wait_all_tasks_blocked()
+        sender.cancel()  # while it waits for room
+        while chunk := await peer.receive_some():
+            received += chunk
+    assert received == data
+
+
 async def test_send_all_raises_closed_after_close_or_eof_and_broken_when_the_peer_is_gone():
     ours, peer = stream_pair()
     await ours.send_eof()
