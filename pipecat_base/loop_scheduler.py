@@ -263,6 +263,9 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
     queue = ReadyQueue(loop._timers)  # type: ignore[attr-defined]
     ready = queue.ready
     clock = time.perf_counter
+    # The loop's time is Trio's clock (as trio-asyncio's ``time()``, minus its Python frame and
+    # attribute chain on every call: asyncio reads it per timer and timeout, we per iteration).
+    now = trio.lowlevel.current_clock().current_time
     speed_up_running_loop_lookup()
     lookups = OwnLookups.capture()
 
@@ -292,7 +295,7 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
         previous = begin(self)
         try:
             for _ in range(iterations):
-                queue.take_due(self.time())
+                queue.take_due(now())
                 if not ready:
                     break
                 for _ in range(len(ready)):
@@ -310,14 +313,14 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
 
     async def main_loop_one(self: Any, no_wait: bool = False) -> None:
         if no_wait:  # the loop's shutdown drain: an iteration per call, WouldBlock when empty
-            if not queue.pending(self.time()):
+            if not queue.pending(now()):
                 raise trio.WouldBlock
             return await run_batch(self, 1)
-        await queue.wait(self.time())
+        await queue.wait(now())
         await run_batch(self, ITERATIONS_PER_ROUND)
         # Yield here only when work is left. Otherwise the next call sleeps in `queue.wait`,
         # which yields anyway: a checkpoint first would cost every wake-up a second Trio step.
-        if queue.pending(self.time()):
+        if queue.pending(now()):
             await trio.lowlevel.checkpoint()
 
     def queue_handle(self: Any, handle: asyncio.Handle) -> asyncio.Handle:
@@ -357,7 +360,7 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
     def call_later(
         self: Any, delay: float, callback: Callable[..., Any], *args: Any, context: Any = None
     ) -> asyncio.TimerHandle:
-        return call_at(self, self.time() + delay, callback, *args, context=context)
+        return call_at(self, now() + delay, callback, *args, context=context)
 
     # The loop task may already be blocked in trio-asyncio's channel receive: one no-op handle
     # wakes it, and from its next iteration on it runs `main_loop_one` (looked up each time).
@@ -369,5 +372,6 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
     loop.call_soon = types.MethodType(call_soon, loop)  # type: ignore[method-assign]
     loop.call_at = types.MethodType(call_at, loop)  # type: ignore[method-assign]
     loop.call_later = types.MethodType(call_later, loop)  # type: ignore[method-assign]
+    loop.time = now  # type: ignore[method-assign]
     stock_channel.send_nowait(asyncio.Handle(lambda: None, (), loop))
     return True

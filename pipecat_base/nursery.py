@@ -319,14 +319,19 @@ class SessionSupervisor:
                 logger.opt(exception=exc).error(f"Exception running bot(): {exc}")
             finally:
                 handle.outcome = self._conclude(handle, task, outside_cancel)
-                with trio.CancelScope(shield=True):
-                    await self._reap_leftovers(tasks, task)
+                # Shielded (a cancelled session still takes back what it owns), and only when
+                # there is something to wait for: most sessions leave nothing.
+                leftovers = tasks.pending(exclude=task)
+                if leftovers:
+                    with trio.CancelScope(shield=True):
+                        await self._reap_leftovers(leftovers)
                 self.metrics.session_ended(handle.outcome.value, trio.current_time() - started_at)
                 self._attribution.ended(spec.session_id)
                 logger.info(f"Stopping bot session with metadata: {self._metadata(spec)}")
                 self._unregister(handle)
-                with trio.CancelScope(shield=True):
-                    await self._release_after_session()
+                if self._release_memory and not self._sessions:
+                    with trio.CancelScope(shield=True):
+                        await self._release_after_session()
                 handle._ended.set()
 
     def _conclude(
@@ -362,12 +367,10 @@ class SessionSupervisor:
         return Outcome.COMPLETED
 
     async def _release_after_session(self) -> None:
-        """Collect and trim memory if this was the last running session.
+        """Collect and trim memory (called when the last running session has ended).
 
         Runs before the route answers, so the platform places no new session meanwhile.
         """
-        if not self._release_memory or self._sessions:
-            return
         # Teardown callbacks scheduled a turn or two after the bot returned must run first, or
         # what they free is not collectable yet: let the asyncio loop drain its callbacks, three
         # rounds (trio-asyncio's synchronize() returns once those already queued have run).
@@ -377,13 +380,8 @@ class SessionSupervisor:
             return  # another session started meanwhile: collecting now would stall it
         logger.debug(str(release_memory()))
 
-    async def _reap_leftovers(
-        self, tasks: SessionTasks, bot_task: asyncio.Task[Any] | None
-    ) -> None:
+    async def _reap_leftovers(self, leftovers: list[asyncio.Task[Any]]) -> None:
         """Cancel what the session left running; bounded by the cancel grace."""
-        leftovers = tasks.pending(exclude=bot_task)
-        if not leftovers:
-            return
         reaped = await reap(leftovers, grace=self._cancel_grace)
         self.metrics.tasks_reaped(len(leftovers))
         parts = []
