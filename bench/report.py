@@ -41,6 +41,16 @@ def ratio(results: Results, metric: str) -> float:
     return ours / base if base else float("nan")
 
 
+def per_run_ratios(results: Results, metric: str) -> list[float]:
+    """ours / baseline within each run: both servers were measured in the same run, each row
+    back to back, so the machine's drift between runs mostly cancels out of these."""
+    row = results.values[metric]
+    ours, base = row.get("pipecat-base", []), row.get("baseline", [])
+    if len(ours) != len(base) or not all(base):
+        return []
+    return [o / b for o, b in zip(ours, base, strict=True)]
+
+
 def machine_line() -> str:
     versions = ", ".join(
         f"{name} {metadata.version(name)}"
@@ -64,13 +74,15 @@ def tables(results: Results) -> list[str]:
         metrics = [m for m in results.values if m.startswith(prefixes)]
         if not metrics:
             continue
-        lines += [f"### {title}", "", "| metric | pipecat-base | baseline | ours / baseline |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += [f"### {title}", "",
+                  "| metric | pipecat-base | baseline | ours / baseline | per run |",
+                  "|---|---|---|---|---|"]  # fmt: skip
         for metric in metrics:
             row = results.values[metric]
             lines.append(
                 f"| `{metric}` | {_cell(row.get('pipecat-base', []))} | "
-                f"{_cell(row.get('baseline', []))} | {_fmt(ratio(results, metric))} |"
+                f"{_cell(row.get('baseline', []))} | {_fmt(ratio(results, metric))} | "
+                f"{_cell(per_run_ratios(results, metric))} |"
             )
         lines.append("")
     return lines

@@ -177,6 +177,26 @@ def test_ab_ratios_are_per_run_against_the_first_variant():
     assert paired_ratios(runs, "a") == {"b": [0.9, 0.95], "c": [1.5, 1.1]}
 
 
+def test_the_report_gives_each_runs_ratio_beside_the_ratio_of_medians():
+    from bench.report import tables
+    from bench.scenarios import Results
+    from bench.servers import BASELINE, OURS
+
+    results = Results()
+    # Run 2 found the machine slow for both servers: paired, it is a run like the others.
+    for ours, base in ((12.0, 10.0), (26.0, 20.0), (11.0, 10.0)):
+        results.add("cpu_ms_per_call_s_pipecat_10", OURS, ours)
+        results.add("cpu_ms_per_call_s_pipecat_10", BASELINE, base)
+    for kind in (OURS, BASELINE):
+        results.add("lost_reordered_corrupted_frames_pipecat_10", kind, 0)
+    lines = tables(results)
+    assert "| metric | pipecat-base | baseline | ours / baseline | per run |" in lines
+    row = next(line for line in lines if "`cpu_ms_per_call_s_pipecat_10`" in line)
+    assert row.endswith("| 1.2 | 1.2 (1.1–1.3) |")  # ratio of medians 12/10; runs 1.2, 1.3, 1.1
+    lost = next(line for line in lines if "`lost_reordered" in line)
+    assert lost.endswith("| n/a | n/a |")  # no ratio of zeros
+
+
 @needs_pipecat
 @pytest.mark.slow
 async def test_ab_runs_the_variants_servers_at_once_under_the_same_calls():
