@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 
 from . import load, servers
-from .scenarios import BOT, pct, post_bots, settle, warm_up
+from .scenarios import BOT, pct, post_bots, round_trips_ms, settle, warm_up
 
 BASELINE_NAME = "baseline"
 
@@ -82,7 +82,7 @@ async def paired_run(
             if mode == BOT:
                 answered = await post_bots(server, sessions, 1, "ab")
                 cpu = servers.cpu_seconds(server.pid) - before
-                rtts = [(at - sent) * 1000 for _, sent, at in answered]
+                rtts = round_trips_ms(answered)
                 results[name] = RunResult(cpu * 1000 / sessions, 0, pct(rtts, 50), pct(rtts, 99))
                 return
             made = await load.calls(server.ws_url, mode, calls, seconds)

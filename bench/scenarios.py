@@ -89,6 +89,11 @@ async def post_bots(
     return out
 
 
+def round_trips_ms(answered: list[tuple[str, float, float]]) -> list[float]:
+    """Each `post_bots` session's round trip: request sent to answer, in milliseconds."""
+    return [(at - sent) * 1000 for _, sent, at in answered]
+
+
 async def warm_up(server: Server, mode: str) -> None:
     """Imports and first-call costs, before what is counted: a few sessions or one short call."""
     if mode == BOT:
@@ -116,7 +121,7 @@ async def session_starts(servers: list[tuple[Server, Path]], plan: Plan, results
             done = await post_bots(server, count, concurrency, label)
             entries = _entries(entry_log)
             enter = [(entries[sid] - sent) * 1000 for sid, sent, _ in done if sid in entries]
-            rtt = [(answered - sent) * 1000 for _, sent, answered in done]
+            rtt = round_trips_ms(done)
             results.add(f"bot_entry_{label}_p50_ms", server.kind, pct(enter, 50))
             results.add(f"bot_entry_{label}_p99_ms", server.kind, pct(enter, 99))
             results.add(f"bot_rtt_{label}_p50_ms", server.kind, pct(rtt, 50))

@@ -72,7 +72,7 @@ class ReadyQueue:
         self.timers = timers
         # The loop's task while it sleeps in `wait` (parked directly: a trio.Event per idle
         # costs an allocation and a parking lot for one known waiter). `wake` it after
-        # appending to `ready` directly.
+        # appending to `ready` directly (``call_soon`` tests this first: it is on every callback).
         self.waiter: trio.lowlevel.Task | None = None
         # Cancelled timers still in the heap (asyncio's ``_timer_cancelled_count``).
         self._cancelled_timers = 0
@@ -87,15 +87,13 @@ class ReadyQueue:
     def push(self, handle: asyncio.Handle) -> None:
         """Queue a ready ``handle`` (not a timer)."""
         self.ready.append(handle)
-        if self.waiter is not None:
-            self.wake()
+        self.wake()
 
     def add_timer(self, timer: asyncio.TimerHandle) -> None:
         """Schedule ``timer`` (a ``TimerHandle``) for its ``when``."""
         timer._scheduled = True  # type: ignore[attr-defined]  # as asyncio: counted if cancelled
         heapq.heappush(self.timers, timer)
-        if self.waiter is not None:
-            self.wake()  # it may be due before what the loop sleeps for
+        self.wake()  # it may be due before what the loop sleeps for
 
     def timer_cancelled(self, timer: asyncio.TimerHandle) -> None:
         """``timer`` was cancelled (asyncio's ``_timer_handle_cancelled``)."""
@@ -210,11 +208,11 @@ class OwnLookups:
     answers from either: theirs is not a Trio thread.
     """
 
-    __slots__ = ("_own", "_theirs")
+    __slots__ = ("_swaps",)
 
-    def __init__(self, own: list[tuple[Any, str, Any]], theirs: list[tuple[Any, str, Any]]):
-        self._own = own
-        self._theirs = theirs
+    def __init__(self, swaps: list[tuple[Any, str, Any, Any]]) -> None:
+        # (module, name, asyncio's function, the one in place outside batches)
+        self._swaps = swaps
 
     @classmethod
     def capture(cls) -> OwnLookups:
@@ -227,22 +225,21 @@ class OwnLookups:
             # asyncio's, saved by trio-asyncio before it replaced it (C from 3.12 on)
             "current_task": getattr(trio_asyncio_loop, "_orig_current_task", None),
         }
-        own, theirs = [], []
+        swaps = []
         for module in (asyncio, asyncio.events, asyncio.tasks):
             for name, original in originals.items():
                 current = module.__dict__.get(name)
                 if original is not None and current is not None and current is not original:
-                    own.append((module, name, original))
-                    theirs.append((module, name, current))
-        return cls(own, theirs)
+                    swaps.append((module, name, original, current))
+        return cls(swaps)
 
     def use_own(self) -> None:
-        for module, name, function in self._own:
-            setattr(module, name, function)
+        for module, name, own, _ in self._swaps:
+            setattr(module, name, own)
 
     def restore(self) -> None:
-        for module, name, function in self._theirs:
-            setattr(module, name, function)
+        for module, name, _, theirs in self._swaps:
+            setattr(module, name, theirs)
 
 
 def install(loop: asyncio.AbstractEventLoop) -> bool:
