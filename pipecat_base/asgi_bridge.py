@@ -21,6 +21,10 @@ connection for its whole life.
   that it waits (with a future the pump resolves) until its own message is sent, which is the
   backpressure. As with any buffered socket, a failed send surfaces as ``OSError`` on the next
   ``send``.
+* **asyncio → socket** (`frame_writer`): for a Hypercorn WebSocket, a ``websocket.send`` with
+  nothing queued ahead of it is written to the socket by ``send`` itself, without waking the
+  pump; only what the kernel's buffer did not take is queued, and everything after it queues
+  behind it.
 
 Calling trio's synchronous APIs (``send_nowait``, ``Semaphore.release``) from asyncio code is
 safe here: trio-asyncio runs asyncio callbacks inside a trio task on the same thread. Resolving
@@ -39,6 +43,7 @@ import trio
 
 from . import checkpoints
 from .app_inbox import AppInbox
+from .frame_writer import FrameWriter
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -57,17 +62,22 @@ _DISCONNECTS = frozenset({"websocket.disconnect", "http.disconnect"})
 class AsgiBridge:
     """The asyncio-side view of one ASGI connection; see the module docstring."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, writer: FrameWriter | None = None) -> None:
         self._loop = loop
+        self._writer = writer
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._credits = trio.Semaphore(RECEIVE_CREDITS)
         # Events queued without a credit (taken over from a diverted inbox): the asyncio side
         # repays these before it gives credits back.
         self._debt = 0
         self._diverted: AppInbox | None = None
+        # A message, or the rest of a frame `FrameWriter.write` began (bytes).
         self._outbox, self._outbox_out = trio.open_memory_channel[
-            tuple[Message, "asyncio.Future[None] | None"]
+            tuple["Message | bytes", "asyncio.Future[None] | None"]
         ](math.inf)
+        # Messages queued and not yet sent: only with none may `send` write a frame itself.
+        self._queued = 0
+        self._closing = False
         self._send_credits = trio.Semaphore(SEND_CREDITS)
         self._send_error: OSError | None = None
         self._flushed = trio.Event()
@@ -87,15 +97,28 @@ class AsgiBridge:
         """asyncio side: send one ASGI message, in order; OSError once the connection is gone."""
         if self._send_error is not None:
             raise self._send_error
+        item: Message | bytes = message
+        if (
+            self._writer is not None
+            and not self._queued
+            and not self._closing
+            and message["type"] == "websocket.send"
+        ):
+            rest = self._writer.write(message)
+            if rest is not None:
+                if not rest:
+                    return
+                item = rest  # the frame's end goes first; the send lock waits for it
         future: asyncio.Future[None] | None = None
         try:
             self._send_credits.acquire_nowait()
         except trio.WouldBlock:
             future = self._loop.create_future()
         try:
-            self._outbox.send_nowait((message, future))
+            self._outbox.send_nowait((item, future))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise OSError("the connection is closed") from None
+        self._queued += 1
         if future is not None:
             await future
 
@@ -141,14 +164,22 @@ class AsgiBridge:
         # A reader still waiting for a credit must not wait forever: this wakes it.
         self._credits.release()
 
+    async def _finish(self, rest: bytes) -> None:
+        assert self._writer is not None  # only its `write` leaves a frame's rest
+        await self._writer.finish(rest)
+
     async def _pump_out(self, send: Send) -> None:
         try:
-            async for message, future in self._outbox_out:
+            async for item, future in self._outbox_out:
                 try:
-                    if self._send_error is None:
-                        await send(message)
+                    if isinstance(item, bytes):
+                        await self._finish(item)
+                    elif self._send_error is None:
+                        await send(item)
                 except Exception as exc:  # handed to the asyncio side, which decides
                     self._send_error = OSError(f"send failed: {exc!r}")
+                finally:
+                    self._queued -= 1
                 if future is None:
                     self._send_credits.release()
                 elif not future.done():
@@ -162,23 +193,34 @@ class AsgiBridge:
             self._outbox.close()
             while True:
                 try:
-                    _, future = self._outbox_out.receive_nowait()
+                    item, future = self._outbox_out.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+                if isinstance(item, bytes):
+                    # A frame half sent holds the send lock: it must end before anything else
+                    # (Quart's closing frame) can go, as Hypercorn's shielded sends do.
+                    with trio.CancelScope(shield=True):
+                        await self._finish(item)
                 if future is not None and not future.done():
                     future.set_exception(OSError("the connection is closed"))
 
 
 @asynccontextmanager
 async def open_asgi_bridge(
-    loop: asyncio.AbstractEventLoop, receive: Receive, send: Send
+    loop: asyncio.AbstractEventLoop,
+    receive: Receive,
+    send: Send,
+    writer: FrameWriter | None = None,
 ) -> AsyncIterator[AsgiBridge]:
     """Pump the trio-side ``receive``/``send`` for as long as the block runs.
+
+    With ``writer`` (`FrameWriter.of` Hypercorn's WebSocket ``send``; ``send`` may wrap that),
+    frames the asyncio side sends with nothing queued ahead are written at once.
 
     Leaving the block sends what is still queued (for at most `FLUSH_TIMEOUT`), then stops both
     pumps; asyncio senders still waiting get ``OSError``.
     """
-    bridge = AsgiBridge(loop)
+    bridge = AsgiBridge(loop, writer)
     async with trio.open_nursery() as nursery:
         inbox = AppInbox.of(receive)
         if inbox is not None:
@@ -192,6 +234,7 @@ async def open_asgi_bridge(
             bridge._undivert()
             # send() returns once a message is queued: what an app sent just before returning
             # (a response body, a bot's last frames) must still go out.
+            bridge._closing = True
             with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):
                 bridge._outbox.close()
                 await bridge._flushed.wait()

@@ -25,6 +25,7 @@ from loguru import logger
 
 from .asgi_bridge import Message, Receive, Send, open_asgi_bridge
 from .bridge import run_aio, wait_task
+from .frame_writer import FrameWriter
 
 AsgiApp = Callable[[dict[str, Any], Receive, Send], Any]
 
@@ -91,7 +92,7 @@ async def run_asgi_on_loop(
     cancel_grace: float,
 ) -> None:
     """Run an asyncio ASGI app for one connection, its messages crossing the bridge."""
-    async with open_asgi_bridge(loop, receive, send) as bridge:
+    async with open_asgi_bridge(loop, receive, send, FrameWriter.of(send)) as bridge:
         # An exception reaches Hypercorn, which logs it and answers 500.
         await run_aio(
             loop, app, dict(scope), bridge.receive, bridge.send, cancel_grace=cancel_grace

@@ -17,11 +17,16 @@ noticeable share of a call's CPU (``py-spy`` on 10 pipecat calls, see ``bench/NO
 * every request on a keep-alive connection cancels the connection's idle task when it begins
   and starts a new one (a task spawn, a ``nursery.start`` handshake and two lock rounds) when
   it ends -- five Trio steps of the twenty a ``POST /bot`` took;
-* h11 ends a response that has a length with an empty write, a system call for nothing.
+* h11 ends a response that has a length with an empty write, a system call for nothing;
+* once a connection is a WebSocket, every read still goes through Hypercorn's protocol wrapper
+  and h11 layer (a buffer copy, an event object and a loop of type checks) only to be passed on
+  to the WebSocket stream unchanged.
 
 `LeanTCPServer` reads with `receive_some` (wait, then read; no scope) when no read timeout is
 set, sends with `send_all` (no yield when the kernel takes the data at once) on plain TCP,
-skips empty writes, and takes the send lock with `checkpoints.acquire`. Its idle timeout is
+skips empty writes, hands a WebSocket's bytes straight to its stream once h11 only passes
+them through, and takes the send lock with `checkpoints.acquire` (`frame_writer` takes it
+without waiting, from the asyncio side). Its idle timeout is
 one task per connection whose deadline requests move (`IdleTimer`), and which ends with the
 connection. `LeanTaskGroup` gives each app an `AppInbox`, which puts with `checkpoints.send`
 and which `asgi_bridge` and `http_connection` take over, so the reader hands frames and body
@@ -46,6 +51,9 @@ import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.events import Data
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol, H11WSConnection
+from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.task_group import _handle as hypercorn_handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
@@ -55,13 +63,18 @@ from .app_inbox import AppInbox
 
 
 class SendLock:
-    """Hypercorn's send lock (an ``async with`` lock), taken without a fairness round."""
+    """Hypercorn's send lock (an ``async with`` lock), taken without a fairness round.
+
+    Not owned by a task (a semaphore of one, not a ``trio.Lock``): `frame_writer` takes it in
+    the asyncio loop's task and, when a frame did not fit in the kernel's buffer, the bridge's
+    send task finishes the frame and releases it.
+    """
 
     def __init__(self) -> None:
-        self._lock = trio.Lock()
+        self._free = trio.Semaphore(1)
 
     async def __aenter__(self) -> None:
-        await checkpoints.acquire(self._lock)
+        await checkpoints.acquire(self._free)
 
     async def __aexit__(
         self,
@@ -69,7 +82,18 @@ class SendLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._lock.release()
+        self._free.release()
+
+    def take_nowait(self) -> bool:
+        """Take the lock if it is free; False if a send holds it or waits for it."""
+        try:
+            self._free.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._free.release()
 
 
 class IdleTimer:
@@ -190,7 +214,23 @@ async def receive_some(stream: trio.SocketStream) -> bytes:
             raise trio.BrokenResourceError(f"socket receive failed: {exc!r}") from exc
 
 
-async def send_all(stream: trio.SocketStream, data: bytes) -> None:
+def write_some(stream: trio.SocketStream, data: bytes | memoryview) -> int:
+    """Write what the kernel takes at once of ``data`` to ``stream``'s socket: the count (0
+    when its buffer is full). ``trio.ClosedResourceError`` once the stream is closed or shut
+    for writing, ``trio.BrokenResourceError`` when the peer is gone. Never waits."""
+    sock = stream.socket
+    fd = sock.fileno()
+    if fd == -1 or sock.did_shutdown_SHUT_WR:
+        raise trio.ClosedResourceError("the connection is closed")
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket send failed: {exc!r}") from exc
+
+
+async def send_all(stream: trio.SocketStream, data: bytes | memoryview) -> None:
     """``stream.send_all(data)`` minus its yield when the kernel takes the data at once.
 
     trio's socket send ends with a scheduling round even when the data went straight into the
@@ -200,16 +240,7 @@ async def send_all(stream: trio.SocketStream, data: bytes) -> None:
     cancellation as Hypercorn shields its sends (a frame is never cut short). No cancel scope
     when it does not wait: nothing could be cancelled.
     """
-    sock = stream.socket
-    fd = sock.fileno()
-    if fd == -1 or sock.did_shutdown_SHUT_WR:
-        raise trio.ClosedResourceError("the connection is closed")
-    try:
-        sent = os.write(fd, data)
-    except BlockingIOError:
-        sent = 0
-    except OSError as exc:
-        raise trio.BrokenResourceError(f"socket send failed: {exc!r}") from exc
+    sent = write_some(stream, data)
     if sent < len(data):
         with trio.CancelScope(shield=True):
             await stream.send_all(memoryview(data)[sent:])
@@ -223,11 +254,11 @@ class LeanTCPServer(TCPServer):
         self.send_lock = SendLock()  # type: ignore[assignment]
         self._idle_timer = IdleTimer(self.config.keep_alive_timeout)
         # Plain TCP on POSIX: the socket's descriptor can be read and written directly.
-        self._plain = os.name == "posix" and isinstance(self.stream, trio.SocketStream)
+        self.plain = os.name == "posix" and isinstance(self.stream, trio.SocketStream)
 
     async def _read_data(self) -> None:
         try:
-            if self.config.read_timeout or not self._plain:
+            if self.config.read_timeout or not self.plain:
                 await super()._read_data()
             else:
                 await self._read_plain()
@@ -237,25 +268,40 @@ class LeanTCPServer(TCPServer):
             self._idle_timer.stop()
 
     async def _read_plain(self) -> None:
+        websocket: WSStream | None = None
         while True:
             try:
                 data = await receive_some(self.stream)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 break
+            if websocket is None:
+                websocket = self._websocket_stream()
+            if websocket is not None and data:
+                # What Hypercorn's h11 layer does with a WebSocket's bytes, minus the layers.
+                await websocket.handle(Data(stream_id=STREAM_ID, data=data))
+                continue
             await self.protocol.handle(RawData(data))
             if data == b"":
                 break
         await self.protocol.handle(Closed())
 
+    def _websocket_stream(self) -> WSStream | None:
+        """The WebSocket this HTTP/1.1 connection was upgraded to, once its h11 layer only
+        passes bytes through to it (nothing left in its buffer); None until then."""
+        protocol = getattr(self.protocol, "protocol", None)
+        if type(protocol) is not H11Protocol:
+            return None
+        connection, stream = protocol.connection, protocol.stream
+        if isinstance(connection, H11WSConnection) and not connection.buffer:
+            return stream if isinstance(stream, WSStream) else None
+        return None
+
     async def protocol_send(self, event: Event) -> None:
-        if self._plain and isinstance(event, RawData):  # every frame: checked first
+        if self.plain and isinstance(event, RawData):  # every frame: checked first
             if not event.data:
                 return  # h11 ends a response with a length with no bytes: nothing to write
             async with self.send_lock:
-                try:
-                    await send_all(self.stream, event.data)  # shielded if it has to wait
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self.protocol.handle(Closed())
+                await self.send_locked(event.data)
         elif isinstance(event, Updated):
             # Hypercorn's run() started `_idle_timeout` once, for the whole connection.
             if event.idle:
@@ -264,6 +310,14 @@ class LeanTCPServer(TCPServer):
                 self._idle_timer.busy()
         else:
             await super().protocol_send(event)
+
+    async def send_locked(self, data: bytes | memoryview) -> None:
+        """Send ``data`` whole, with the send lock held by the caller (shielded if it has to
+        wait); a connection found broken or closed is handled as Hypercorn does."""
+        try:
+            await send_all(self.stream, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.protocol.handle(Closed())
 
     async def _idle_timeout(self) -> None:
         if await self._idle_timer.wait_until_due(self.context.terminated):

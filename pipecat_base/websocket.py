@@ -29,6 +29,7 @@ from quart_trio.wrappers import TrioWebsocket
 from starlette.websockets import WebSocket, WebSocketState
 
 from .asgi_bridge import AsgiBridge, Message, open_asgi_bridge
+from .frame_writer import FrameWriter
 
 
 class AsgiWebsocket(TrioWebsocket):
@@ -114,6 +115,7 @@ async def open_starlette_websocket(
         assert socket is not None
         await socket.send(message)
 
-    async with open_asgi_bridge(loop, quart_ws.asgi_receive, send) as bridge:  # type: ignore[arg-type]
+    writer = FrameWriter.of(quart_ws.asgi_send)
+    async with open_asgi_bridge(loop, quart_ws.asgi_receive, send, writer) as bridge:  # type: ignore[arg-type]
         socket = StarletteSocket(quart_ws, bridge)
         yield socket

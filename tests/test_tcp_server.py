@@ -17,11 +17,13 @@ import pytest
 import trio
 import trio.testing
 from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
 from trio_websocket import open_websocket_url
 
 from pipecat_base import tcp_server
 from pipecat_base.asgi_bridge import open_asgi_bridge
 from pipecat_base.bridge import open_bridge_loop, wait_task
+from pipecat_base.frame_writer import FrameWriter
 
 from .hypercorn_serving import LEAN, STOCK, open_tcp, serving
 from .steps import counting_steps
@@ -55,13 +57,14 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def bridged_echo_app(loop: Any) -> Any:
-    """`echo_app`'s WebSocket echo run on the asyncio side of an `asgi_bridge`, as /ws bots are."""
+    """`echo_app`'s WebSocket echo run on the asyncio side of an `asgi_bridge`, as /ws bots are
+    (with a `FrameWriter` when the server is lean)."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             await echo_app(scope, receive, send)
             return
-        async with open_asgi_bridge(loop, receive, send) as bridge:
+        async with open_asgi_bridge(loop, receive, send, FrameWriter.of(send)) as bridge:
             await wait_task(
                 loop.create_task(echo_app(scope, bridge.receive, bridge.send)), cancel_grace=1
             )
@@ -115,9 +118,38 @@ async def test_a_bridged_app_gets_each_frame_from_the_reader_without_a_pump():
     # inbound pump wakes to take it across; the outbound pump wakes for the echo, yields
     # taking the send lock and after the send.
     assert stock == (2 * FRAMES, FRAMES, 3 * FRAMES)
-    # Lean: the reader puts each frame on the asyncio side itself (there is no inbound pump);
-    # the outbound pump wakes for the echo and sends it without yielding.
-    assert lean == (FRAMES, 0, FRAMES)
+    # Lean: the reader puts each frame on the asyncio side itself (there is no inbound pump),
+    # and the asyncio side writes the echo itself: the outbound pump never wakes.
+    assert lean == (FRAMES, 0, 0)
+
+
+async def h11_rounds_per_echo(classes: tuple[type, type], monkeypatch) -> int:
+    """How often Hypercorn's h11 layer handled events over `FRAMES` echoes of `echo_app`."""
+    rounds = 0
+    handle_events = H11Protocol._handle_events
+
+    async def counted(self: H11Protocol) -> None:
+        nonlocal rounds
+        rounds += 1
+        await handle_events(self)
+
+    async with serving(classes, Config(), echo_app) as url, open_websocket_url(url) as ws:
+        await ws.send_message("warm-up")
+        await ws.get_message()
+        with monkeypatch.context() as patch:
+            patch.setattr(H11Protocol, "_handle_events", counted)
+            for n in range(FRAMES):
+                await ws.send_message(f"frame {n}")
+                assert await ws.get_message() == f"frame {n}"
+    return rounds
+
+
+async def test_a_websockets_frames_go_from_the_reader_to_its_stream_past_the_h11_layer(
+    monkeypatch,
+):
+    # Stock: every read goes through h11's event loop, which only passes the bytes on.
+    assert await h11_rounds_per_echo(STOCK, monkeypatch) == FRAMES
+    assert await h11_rounds_per_echo(LEAN, monkeypatch) == 0
 
 
 @pytest.mark.parametrize("read_timeout", [None, 2])
