@@ -7,6 +7,10 @@ code measured 33 and 56 CPU ms per call-second an hour apart), far more than the
 measured. So every variant's server runs *at the same time*, each under its own ``--calls``
 concurrent calls from one load generator, and each run yields a ratio to the first variant
 that the drift mostly cancels out of; the median of those ratios is the figure to quote.
+With ``--in-turn`` the servers are still all up, but each run loads them one after the other
+(starting with a different one each run), as the full benchmark measures its rows: loaded at
+once, the servers and the load generator share two cores, which changes how many frames each
+wake-up finds (and so the per-frame overheads) from what a server alone sees.
 ``baseline`` (no checkout) names the asyncio baseline server. ``--mode bot`` sends each server
 ``--sessions`` sequential ``POST /bot`` of a bot that returns at once, and also reports their
 round trips.
@@ -59,10 +63,16 @@ class RunResult:
 
 
 async def paired_run(
-    variants: list[Variant], mode: str, calls: int, seconds: float, sessions: int = 1000
+    variants: list[Variant],
+    mode: str,
+    calls: int,
+    seconds: float,
+    sessions: int = 1000,
+    in_turn: int | None = None,
 ) -> dict[str, RunResult]:
     """One run: all servers up at once, the same calls (or ``bot`` sessions) against each at
-    the same time."""
+    the same time -- or, with ``in_turn``, against each in turn, starting with the variant at
+    that index."""
     results: dict[str, RunResult] = {}
     async with trio.open_nursery() as nursery:
         ready: dict[str, servers.Server] = {}
@@ -93,9 +103,15 @@ async def paired_run(
         async with trio.open_nursery() as warming:
             for server in ready.values():
                 warming.start_soon(warm_up, server, mode)
-        async with trio.open_nursery() as runs:
-            for name, server in ready.items():
-                runs.start_soon(measure, name, server)
+        if in_turn is None:
+            async with trio.open_nursery() as runs:
+                for name, server in ready.items():
+                    runs.start_soon(measure, name, server)
+        else:
+            order = list(ready.items())
+            first = in_turn % len(order)
+            for name, server in order[first:] + order[:first]:
+                await measure(name, server)
         done.set()
     return results
 
@@ -117,11 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sessions", type=int, default=1000, help="per run, in bot mode")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--in-turn", action="store_true", help="load the servers one after the other, not at once"
+    )
     options = parser.parse_args(argv)
     if len(options.variants) < 2:
         parser.error("give at least two variants")
     runs = []
-    for _ in range(options.runs):
+    for number in range(options.runs):
         run = trio.run(
             paired_run,
             options.variants,
@@ -129,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             options.calls,
             options.seconds,
             options.sessions,
+            number if options.in_turn else None,
         )
         runs.append(run)
         line = (f"{v.name} {run[v.name].cpu_ms:6.3f}" for v in options.variants)

@@ -6,7 +6,9 @@ that never imports trio-asyncio (which patches asyncio process-wide), on plain a
 
 * ``call_soon`` -- a chain of callbacks, each scheduling the next;
 * ``sleep0`` -- ``await asyncio.sleep(0)``, a task yielding;
-* ``queue_rtt`` -- a round trip through two ``asyncio.Queue``s between two tasks.
+* ``queue_rtt`` -- a round trip through two ``asyncio.Queue``s between two tasks;
+* ``timed_sleep`` -- ``await asyncio.sleep(1e-5)``: the loop sleeps until a timer is due and
+  wakes for it (pipecat paces its output and times out its waits with timers).
 """
 
 from __future__ import annotations
@@ -57,7 +59,17 @@ async def measure(n: int) -> dict[str, float]:
     queue_rtt = (time.process_time() - t) / n * 1e6
     requests.put_nowait(None)
     await echo_task
-    return {"call_soon": call_soon, "sleep0": sleep0, "queue_rtt": queue_rtt}
+
+    t = time.process_time()
+    for _ in range(n):
+        await asyncio.sleep(1e-5)
+    timed_sleep = (time.process_time() - t) / n * 1e6
+    return {
+        "call_soon": call_soon,
+        "sleep0": sleep0,
+        "queue_rtt": queue_rtt,
+        "timed_sleep": timed_sleep,
+    }
 
 
 def on_bridge_loop(n: int) -> dict[str, float]:

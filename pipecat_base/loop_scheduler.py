@@ -65,7 +65,7 @@ MIN_TIMERS_TO_PRUNE = 100
 class ReadyQueue:
     """asyncio's ready queue and timer heap, standing in for trio-asyncio's memory channel."""
 
-    __slots__ = ("_cancelled_timers", "ready", "timers", "waiter")
+    __slots__ = ("_cancelled_timers", "_timer", "ready", "timers", "waiter")
 
     def __init__(self, timers: list[asyncio.TimerHandle]) -> None:
         self.ready: deque[asyncio.Handle] = deque()
@@ -76,6 +76,8 @@ class ReadyQueue:
         self.waiter: trio.lowlevel.Task | None = None
         # Cancelled timers still in the heap (asyncio's ``_timer_cancelled_count``).
         self._cancelled_timers = 0
+        # The scope `wait` sleeps in until the first timer is due.
+        self._timer = trio.CancelScope()
 
     def send_nowait(self, handle: asyncio.Handle) -> None:
         """Queue ``handle`` (the name is the memory channel's, which trio-asyncio calls)."""
@@ -120,13 +122,25 @@ class ReadyQueue:
         if deadline == math.inf:
             await trio.lowlevel.wait_task_rescheduled(self._abort)
         else:
-            with trio.move_on_at(deadline):
-                await trio.lowlevel.wait_task_rescheduled(self._abort)
+            with trio.CancelScope(deadline=deadline) as self._timer:
+                await trio.lowlevel.wait_task_rescheduled(self._abort_timed)
 
     def _abort(self, _: Any) -> trio.lowlevel.Abort:
-        # The deadline (or a cancellation) ended the sleep: no handle may wake it any more.
+        # A cancellation ended the sleep: no handle may wake it any more.
         self.waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+    def _abort_timed(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        # The first timer is due: wake the task with a plain value. Trio would raise
+        # `Cancelled` into it (an exception built, thrown through its frames and caught by the
+        # scope): on a busy loop that is most wake-ups' cost, for a sleep that simply ended.
+        # Any other cancellation is delivered as usual.
+        if not self._timer.cancel_called:
+            return self._abort(raise_cancel)
+        waiter, self.waiter = self.waiter, None
+        assert waiter is not None
+        trio.lowlevel.reschedule(waiter)
+        return trio.lowlevel.Abort.FAILED  # rescheduled here, not by Trio
 
     def pending(self, time_now: float) -> bool:
         """A handle is ready, or a timer is due (``time_now`` is Trio time)."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -63,7 +66,7 @@ def test_loop_micro_measures_both_loops():
     from bench.loop_micro import on_bridge_loop, on_plain_asyncio
 
     for result in (on_plain_asyncio(200), on_bridge_loop(200)):
-        assert set(result) == {"call_soon", "sleep0", "queue_rtt"}
+        assert set(result) == {"call_soon", "sleep0", "queue_rtt", "timed_sleep"}
         assert all(v > 0 for v in result.values())
 
 
@@ -210,6 +213,46 @@ async def test_ab_runs_the_variants_servers_at_once_under_the_same_calls():
     for result in run.values():
         assert result.cpu_ms > 0
         assert result.lost_reordered_corrupted == 0
+
+
+@needs_pipecat
+@pytest.mark.slow
+async def test_ab_in_turn_loads_one_server_at_a_time_starting_with_the_given_one(monkeypatch):
+    from bench import ab
+    from bench.servers import BASELINE, OURS
+
+    names: dict[str, str] = {}
+    running = ab.servers.running
+
+    @asynccontextmanager
+    async def named(kind: Any, **options: Any) -> AsyncIterator[Any]:
+        async with running(kind, **options) as server:
+            names[server.ws_url] = kind.name
+            yield server
+
+    loads: list[tuple[str, str]] = []
+    calls = ab.load.calls
+
+    async def watched(url: str, mode: str, count: int, seconds: float) -> Any:
+        loads.append(("start", url))
+        made = await calls(url, mode, count, seconds)
+        loads.append(("end", url))
+        return made
+
+    monkeypatch.setattr(ab.servers, "running", named)
+    monkeypatch.setattr(ab.load, "calls", watched)
+    variants = [ab.Variant("ours", OURS, ROOT), ab.Variant("baseline", BASELINE, ROOT)]
+    with trio.fail_after(120):
+        run = await ab.paired_run(variants, "raw", calls=1, seconds=0.5, in_turn=1)
+    assert sorted(run) == ["baseline", "ours"]
+    measured = [(event, names[url]) for event, url in loads[-4:]]  # after the warm-ups
+    # One at a time (each load ended before the next began), the second variant first.
+    assert measured == [
+        ("start", BASELINE.name),
+        ("end", BASELINE.name),
+        ("start", OURS.name),
+        ("end", OURS.name),
+    ]
 
 
 @needs_pipecat

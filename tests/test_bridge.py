@@ -270,6 +270,43 @@ async def test_a_timer_wakes_an_idle_loop_in_one_step(autojump_clock):
     assert steps.counts["_main_loop"] == 2
 
 
+async def test_a_timer_wakes_the_loop_without_raising_a_cancellation_into_it(
+    autojump_clock, monkeypatch
+):
+    created: list[str] = []
+    init = trio.Cancelled.__init__
+
+    def counted(self: trio.Cancelled, **fields: Any) -> None:
+        created.append(fields.get("source", "?"))
+        init(self, **fields)
+
+    async with open_bridge_loop() as loop:
+        await trio.sleep(1)
+        fired: list[float] = []
+        done = trio.Event()
+        t0 = trio.current_time()
+        with monkeypatch.context() as patch:
+            patch.setattr(trio.Cancelled, "__init__", counted)
+            for n in range(1, 11):
+                loop.call_later(n, lambda: fired.append(trio.current_time() - t0))
+            loop.call_later(11, done.set)
+            await done.wait()
+    assert fired == [float(n) for n in range(1, 11)]
+    # Trio ends a sleep at a deadline by raising `Cancelled` into the task; the loop's sleep
+    # until its first timer is woken with a plain value instead.
+    assert created == []
+
+
+async def test_a_cancellation_still_stops_the_loop_while_it_sleeps_until_a_timer(autojump_clock):
+    t0 = trio.current_time()
+    with trio.move_on_after(5) as scope:
+        async with open_bridge_loop() as loop:
+            loop.call_later(100, lambda: None)  # the loop sleeps until then
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert trio.current_time() == t0 + 5
+
+
 async def test_callbacks_see_the_loop_as_asyncios_running_loop_and_trio_tasks_do_not():
     import _asyncio
 
