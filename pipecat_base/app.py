@@ -71,6 +71,11 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
+def _answered() -> Response:
+    """``200 {}`` (as ``jsonify({})`` makes it, without the JSON provider: every ``/bot``)."""
+    return Response(b"{}\n", mimetype="application/json")
+
+
 def create_app(
     supervisor: SessionSupervisor,
     *,
@@ -133,7 +138,7 @@ def create_app(
         except SessionRefused as exc:
             return _refused(exc)
         await handle.wait()
-        return jsonify({})
+        return _answered()
 
     async def wait_for_webrtc(
         session_id: str | None, body: Any, flow_config: str | None, budget: float | None
@@ -152,7 +157,7 @@ def create_app(
             return _refused(exc)
         if handle.failure is not None:
             return jsonify({"detail": str(handle.failure)}), handle.failure.status
-        return jsonify({})
+        return _answered()
 
     if webrtc is not None:
 

@@ -35,21 +35,31 @@ class AppInbox:
         return inbox if isinstance(inbox, AppInbox) and receive == inbox.receive else None
 
     def __init__(self, size: int) -> None:
-        self._in, self._out = trio.open_memory_channel[Event](size)
+        self._size = size
+        # Made on first use: an HTTP route diverts its inbox before anything is queued, and a
+        # channel costs ~25 µs of a ``POST /bot`` for nothing.
+        self._channel: (
+            tuple[trio.MemorySendChannel[Event], trio.MemoryReceiveChannel[Event]] | None
+        ) = None
         self._sink: Sink | None = None
+
+    def _ends(self) -> tuple[trio.MemorySendChannel[Event], trio.MemoryReceiveChannel[Event]]:
+        if self._channel is None:
+            self._channel = trio.open_memory_channel(self._size)
+        return self._channel
 
     async def put(self, event: Event) -> None:
         """Hypercorn's reader: hand over one event; waits while the app is too far behind."""
         sink = self._sink
         if sink is None:
             # The reader's next socket read yields: no fairness round needed here.
-            await checkpoints.send(self._in, event)
+            await checkpoints.send(self._ends()[0], event)
         else:
             await sink(event)
 
     async def receive(self) -> Event:
         """The app's ASGI ``receive``: the next event (only while not diverted)."""
-        return await self._out.receive()
+        return await self._ends()[1].receive()
 
     def divert(self, sink: Sink) -> list[Event]:
         """Hand every later event to ``sink`` (awaited by the reader: it may wait, and that is
@@ -57,10 +67,10 @@ class AppInbox:
         must take before any that reach ``sink``.
         """
         queued: list[Event] = []
-        while True:
+        while self._channel is not None:
             try:
                 # Also takes the event of a reader waiting for room, and wakes it.
-                queued.append(self._out.receive_nowait())
+                queued.append(self._channel[1].receive_nowait())
             except trio.WouldBlock:
                 break
         self._sink = sink

@@ -295,7 +295,9 @@ class SessionSupervisor:
         self.metrics.session_started()
         self._attribution.started(spec.session_id)
         with session_context(spec.session_id):
-            logger.info(f"Starting bot session with metadata: {self._metadata(spec)}")
+            logger.opt(lazy=True).info(
+                "Starting bot session with metadata: {}", lambda: self._metadata(spec)
+            )
             task: asyncio.Task[Any] | None = None
             tasks = SessionTasks(spec.session_id)
             outside_cancel = False
@@ -327,7 +329,9 @@ class SessionSupervisor:
                         await self._reap_leftovers(leftovers)
                 self.metrics.session_ended(handle.outcome.value, trio.current_time() - started_at)
                 self._attribution.ended(spec.session_id)
-                logger.info(f"Stopping bot session with metadata: {self._metadata(spec)}")
+                logger.opt(lazy=True).info(
+                    "Stopping bot session with metadata: {}", lambda: self._metadata(spec)
+                )
                 self._unregister(handle)
                 if self._release_memory and not self._sessions:
                     with trio.CancelScope(shield=True):

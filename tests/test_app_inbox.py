@@ -83,3 +83,17 @@ def test_of_finds_the_inbox_behind_an_apps_receive_and_nothing_else():
     assert AppInbox.of(inbox.receive) is inbox
     assert AppInbox.of(inbox.put) is None  # the inbox's, but not its receive
     assert AppInbox.of(receive) is None
+
+
+async def test_an_inbox_diverted_before_anything_arrived_never_makes_a_channel():
+    # An HTTP route diverts its inbox at once: a memory channel would cost a request for nothing.
+    inbox = AppInbox(4)
+    delivered: list[dict] = []
+
+    async def sink(event: dict) -> None:
+        delivered.append(event)
+
+    assert inbox.divert(sink) == []
+    await inbox.put({"type": "http.request"})
+    assert delivered == [{"type": "http.request"}]
+    assert inbox._channel is None
