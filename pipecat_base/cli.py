@@ -137,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         attribution=attribution,
         features=detected,
     )
+    from .memory import freeze_startup_heap
+
+    frozen = freeze_startup_heap()
+    logger.debug(f"Froze {frozen} objects alive at startup: collections leave them out")
     trio.run(server.run)
     guard.absorb()
     if capture is not None:

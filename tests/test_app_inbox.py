@@ -85,4 +85,3 @@ def test_of_finds_the_inbox_behind_an_apps_receive_and_nothing_else():
     assert AppInbox.of(inbox.receive) is inbox
     assert AppInbox.of(inbox.put) is None  # the inbox's, but not its receive
     assert AppInbox.of(receive) is None
-

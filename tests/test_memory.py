@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipecat_base.memory import parse_switch, release_memory
+from pipecat_base.memory import freeze_startup_heap, parse_switch, release_memory
 from pipecat_base.nursery import SessionSpec
 
 
@@ -92,6 +92,25 @@ async def test_release_can_be_turned_off(make_supervisor, logs):
 )
 def test_switch_parsing(raw, on, error):
     assert parse_switch(raw) == (on, error)
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+def test_the_startup_heap_is_collected_then_frozen_and_later_cycles_still_freed():
+    garbage = Node()
+    garbage_ref = weakref.ref(garbage)
+    del garbage
+    alive = Node()
+    try:
+        assert freeze_startup_heap() == gc.get_freeze_count() > 0
+        assert garbage_ref() is None  # collected first, not frozen
+        assert not any(o is alive for o in gc.get_objects())  # out of every collection
+        later = Node()
+        later_ref = weakref.ref(later)
+        del later
+        release_memory(malloc_trim=lambda pad: 0)
+        assert later_ref() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_release_without_malloc_trim_still_collects():
