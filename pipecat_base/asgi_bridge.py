@@ -102,7 +102,7 @@ class AsgiBridge:
             self._writer is not None
             and not self._queued
             and not self._closing
-            and message["type"] == "websocket.send"
+            and message.get("type") == "websocket.send"
         ):
             rest = self._writer.write(message)
             if rest is not None:

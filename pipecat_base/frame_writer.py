@@ -81,6 +81,9 @@ class FrameWriter:
         except LocalProtocolError:
             lock.release()  # type: ignore[attr-defined]
             return b""  # the peer is closing: Hypercorn drops the message too
+        except BaseException:
+            lock.release()  # type: ignore[attr-defined]
+            raise
         try:
             sent = write_some(self._server.stream, frame)  # type: ignore[arg-type]
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -81,6 +81,18 @@ async def test_a_frame_goes_out_at_once_unless_a_send_holds_the_lock_or_the_sock
         async with writer._server.send_lock:  # another send under way: Hypercorn's way
             outcomes.append(writer.write({"type": "websocket.send", "text": "held"}))
         outcomes.append(writer.write({"type": "websocket.send", "bytes": b"\x00bytes"}))
+        connection = writer._stream.connection
+        serialise = connection.send
+
+        def failing(event: Any) -> bytes:
+            raise ValueError("an extension failed")
+
+        connection.send = failing  # type: ignore[method-assign]
+        with pytest.raises(ValueError, match="extension"):
+            writer.write({"type": "websocket.send", "text": "lost"})
+        connection.send = serialise  # type: ignore[method-assign]
+        # The failure gave the send lock back.
+        outcomes.append(writer.write({"type": "websocket.send", "text": "after a failure"}))
         # A message Hypercorn rejects is left to it (it raises).
         outcomes.append(writer.write({"type": "websocket.send", "text": None}))
         await send({"type": "websocket.close", "code": 1000})
@@ -90,9 +102,10 @@ async def test_a_frame_goes_out_at_once_unless_a_send_holds_the_lock_or_the_sock
         async with open_websocket_url(url) as ws:
             assert await ws.get_message() == "at once"
             assert await ws.get_message() == b"\x00bytes"
+            assert await ws.get_message() == "after a failure"
             with pytest.raises(Exception, match="1000"):
                 await ws.get_message()
-    assert outcomes == [b"", None, b"", None, None]
+    assert outcomes == [b"", None, b"", b"", None, None]
 
 
 async def test_frames_beyond_the_socket_buffer_arrive_whole_and_in_order(monkeypatch):
