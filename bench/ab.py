@@ -29,8 +29,8 @@ from pathlib import Path
 
 import trio
 
-from . import load, servers
-from .scenarios import BOT, pct, post_bots, round_trips_ms, settle, warm_up
+from . import servers
+from .scenarios import BOT, calls_cost, pct, post_bots, round_trips_ms, warm_up
 
 BASELINE_NAME = "baseline"
 
@@ -88,17 +88,15 @@ async def paired_run(
             await nursery.start(serve, variant)
 
         async def measure(name: str, server: servers.Server) -> None:
-            before = servers.cpu_seconds(server.pid)
             if mode == BOT:
+                before = servers.cpu_seconds(server.pid)
                 answered = await post_bots(server, sessions, 1, "ab")
                 cpu = servers.cpu_seconds(server.pid) - before
                 rtts = round_trips_ms(answered)
                 results[name] = RunResult(cpu * 1000 / sessions, 0, pct(rtts, 50), pct(rtts, 99))
                 return
-            made = await load.calls(server.ws_url, mode, calls, seconds)
-            await settle(server.pid)  # the bots' teardown and any backlog count, as in the bench
-            cpu = servers.cpu_seconds(server.pid) - before
-            results[name] = RunResult(cpu * 1000 / (calls * seconds), sum(c.faults for c in made))
+            cpu_ms, made = await calls_cost(server, mode, calls, seconds)
+            results[name] = RunResult(cpu_ms, sum(c.faults for c in made))
 
         async with trio.open_nursery() as warming:
             for server in ready.values():

@@ -151,16 +151,23 @@ async def media(servers: list[Server], plan: Plan, results: Results) -> None:
                 await media_load(server, plan, mode, count, results)
 
 
-async def media_load(server: Server, plan: Plan, mode: str, count: int, results: Results) -> None:
+async def calls_cost(
+    server: Server, mode: str, count: int, seconds: float
+) -> tuple[float, list[load.CallResult]]:
+    """``count`` concurrent calls of ``seconds``: the server's CPU ms per call-second, and the
+    calls. The bots' teardown after the hang-up, and any backlog an overloaded server is still
+    working through, are part of the cost -- and must not spill into the next figures."""
     before = cpu_seconds(server.pid)
-    calls = await load.calls(server.ws_url, mode, count, plan.media_seconds)
-    # The bots' teardown after the hang-up, and any backlog an overloaded server is still
-    # working through, are part of the cost -- and must not spill into the next figures.
+    calls = await load.calls(server.ws_url, mode, count, seconds)
     await settle(server.pid)
-    cpu = cpu_seconds(server.pid) - before
+    return (cpu_seconds(server.pid) - before) * 1000 / (count * seconds), calls
+
+
+async def media_load(server: Server, plan: Plan, mode: str, count: int, results: Results) -> None:
+    cpu_ms, calls = await calls_cost(server, mode, count, plan.media_seconds)
     rtts = [r for c in calls for r in c.rtts]
     key = f"{mode}_{count}"
-    results.add(f"cpu_ms_per_call_s_{key}", server.kind, cpu * 1000 / (count * plan.media_seconds))
+    results.add(f"cpu_ms_per_call_s_{key}", server.kind, cpu_ms)
     results.add(f"rtt_p50_ms_{key}", server.kind, pct(rtts, 50) * 1000)
     results.add(f"rtt_p99_ms_{key}", server.kind, pct(rtts, 99) * 1000)
     results.add(f"lost_reordered_corrupted_frames_{key}", server.kind, sum(c.faults for c in calls))

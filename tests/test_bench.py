@@ -218,7 +218,7 @@ async def test_ab_runs_the_variants_servers_at_once_under_the_same_calls():
 @needs_pipecat
 @pytest.mark.slow
 async def test_ab_in_turn_loads_one_server_at_a_time_starting_with_the_given_one(monkeypatch):
-    from bench import ab
+    from bench import ab, load
     from bench.servers import BASELINE, OURS
 
     names: dict[str, str] = {}
@@ -231,7 +231,7 @@ async def test_ab_in_turn_loads_one_server_at_a_time_starting_with_the_given_one
             yield server
 
     loads: list[tuple[str, str]] = []
-    calls = ab.load.calls
+    calls = load.calls
 
     async def watched(url: str, mode: str, count: int, seconds: float) -> Any:
         loads.append(("start", url))
@@ -240,7 +240,7 @@ async def test_ab_in_turn_loads_one_server_at_a_time_starting_with_the_given_one
         return made
 
     monkeypatch.setattr(ab.servers, "running", named)
-    monkeypatch.setattr(ab.load, "calls", watched)
+    monkeypatch.setattr(load, "calls", watched)
     variants = [ab.Variant("ours", OURS, ROOT), ab.Variant("baseline", BASELINE, ROOT)]
     with trio.fail_after(120):
         run = await ab.paired_run(variants, "raw", calls=1, seconds=0.5, in_turn=1)

@@ -307,6 +307,23 @@ async def test_a_cancellation_still_stops_the_loop_while_it_sleeps_until_a_timer
     assert trio.current_time() == t0 + 5
 
 
+async def test_a_timed_sleep_tells_a_cancellation_from_its_own_deadline(autojump_clock):
+    # trio-asyncio runs the loop shielded, so the test above stops it with `stop()`; the sleep
+    # itself must still deliver any cancellation that is not its own deadline.
+    from pipecat_base.loop_scheduler import ReadyQueue
+
+    async with open_bridge_loop() as loop:  # only for the handle's constructor
+        queue = ReadyQueue([])  # a queue of its own, not the loop's
+        t0 = trio.current_time()
+        queue.add_timer(asyncio.TimerHandle(t0 + 100, lambda: None, (), loop))
+        with trio.move_on_after(5) as scope:
+            await queue.wait(trio.current_time())
+        assert scope.cancelled_caught
+        assert trio.current_time() == t0 + 5
+        await queue.wait(trio.current_time())  # its own deadline: returns, nothing raised
+        assert trio.current_time() == t0 + 100
+
+
 async def test_callbacks_see_the_loop_as_asyncios_running_loop_and_trio_tasks_do_not():
     import _asyncio
 
