@@ -115,7 +115,7 @@ def create_app(
 
     @app.post("/bot")
     async def start_bot() -> Any:
-        headers = request.headers
+        headers = inputs.HeaderLookup(request.headers.items())
         session_id = headers.get(inputs.SESSION_ID_HEADER)
         try:
             body = inputs.parse_json_object(await request.get_data())

@@ -36,26 +36,36 @@ class AppInbox:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        # Made on first use: an HTTP route diverts its inbox before anything is queued, and a
+        # Made on first use: an HTTP route diverts its inbox before it reads anything, and a
         # channel costs ~25 µs of a ``POST /bot`` for nothing.
         self._channel: (
             tuple[trio.MemorySendChannel[Event], trio.MemoryReceiveChannel[Event]] | None
         ) = None
+        # Events put before any channel exists, while there is room: a small body arrives in
+        # the same read as the request, and Hypercorn's reader puts it before the route's task
+        # has run, let alone diverted.
+        self._early: list[Event] = []
         self._sink: Sink | None = None
 
     def _ends(self) -> tuple[trio.MemorySendChannel[Event], trio.MemoryReceiveChannel[Event]]:
         if self._channel is None:
             self._channel = trio.open_memory_channel(self._size)
+            for event in self._early:  # at most ``size`` of them: they fit
+                self._channel[0].send_nowait(event)
+            self._early.clear()
         return self._channel
 
     async def put(self, event: Event) -> None:
         """Hypercorn's reader: hand over one event; waits while the app is too far behind."""
         sink = self._sink
-        if sink is None:
+        if sink is not None:
+            await sink(event)
+        elif self._channel is None and len(self._early) < self._size:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._early.append(event)
+        else:
             # The reader's next socket read yields: no fairness round needed here.
             await checkpoints.send(self._ends()[0], event)
-        else:
-            await sink(event)
 
     async def receive(self) -> Event:
         """The app's ASGI ``receive``: the next event (only while not diverted)."""
@@ -66,7 +76,8 @@ class AppInbox:
         the backpressure) and return the events already queued, oldest first, which the caller
         must take before any that reach ``sink``.
         """
-        queued: list[Event] = []
+        queued = self._early
+        self._early = []
         while self._channel is not None:
             try:
                 # Also takes the event of a reader waiting for room, and wakes it.

@@ -1,4 +1,4 @@
-"""Parsing what the platform sends: the session budget header and JSON bodies.
+"""Parsing what the platform sends: its headers, the session budget header and JSON bodies.
 
 Each parser either returns a value or says, in words a caller can act on, what was wrong.
 """
@@ -9,6 +9,7 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from loguru import logger
@@ -18,6 +19,22 @@ ROOM_URL_HEADER = "X-Daily-Room-Url"
 ROOM_TOKEN_HEADER = "X-Daily-Room-Token"
 TRANSPORT_TYPE_HEADER = "X-Daily-Transport-Type"
 BUDGET_HEADER = "X-PCC-Max-Session-Seconds"
+
+
+class HeaderLookup(dict[str, str]):
+    """A request's headers by case-insensitive name (the first value of each), read once.
+
+    For a route that looks up many headers, most of them absent: werkzeug's ``Headers.get``
+    scans every header per lookup and builds a ``BadRequestKeyError`` for each one missing.
+    """
+
+    def __init__(self, headers: Iterable[tuple[str, str]]) -> None:
+        super().__init__()
+        for name, value in headers:
+            self.setdefault(name.lower(), value)
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(name.lower(), default)
 
 
 class BadInput(ValueError):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TextIO
 
 from loguru import logger
@@ -49,11 +49,9 @@ def configure_logging(
     logging.getLogger("hypercorn.access").addFilter(_drop_probes)
 
 
-@contextmanager
-def session_context(session_id: str | None) -> Iterator[None]:
+def session_context(session_id: str | None) -> AbstractContextManager[None]:
     """Bind ``session_id`` to every record logged in this context (trio and asyncio alike)."""
-    with logger.contextualize(session_id=session_id or NO_SESSION):
-        yield
+    return logger.contextualize(session_id=session_id or NO_SESSION)
 
 
 def _lane_sink(jsonl: JsonlFile) -> Callable[[Any], None]:

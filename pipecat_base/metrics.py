@@ -51,8 +51,9 @@ class Metrics:
         self._ended = Counter(
             "pipecat_base_sessions_ended", "Sessions ended, by outcome.", ["outcome"], registry=r
         )
-        for outcome in OUTCOMES:  # every outcome shows from the start, at 0
-            self._ended.labels(outcome)
+        # Every outcome shows from the start, at 0; the children are kept, since ``labels()``
+        # validates and locks on every call.
+        self._ended_by = {outcome: self._ended.labels(outcome) for outcome in OUTCOMES}
         self.active = Gauge("pipecat_base_sessions_active", "Sessions running now.", registry=r)
         self._duration = Histogram(
             "pipecat_base_session_duration_seconds",
@@ -90,7 +91,8 @@ class Metrics:
         self._started.inc()
 
     def session_ended(self, outcome: str, duration: float) -> None:
-        self._ended.labels(outcome).inc()
+        ended = self._ended_by.get(outcome)
+        (ended or self._ended.labels(outcome)).inc()
         self._duration.observe(duration)
         if outcome == "budget":
             self._budget_stops.inc()

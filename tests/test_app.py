@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from pipecat_base.app import create_app
-from pipecat_base.inputs import BadInput, parse_budget, parse_json_object
+from pipecat_base.inputs import BadInput, HeaderLookup, parse_budget, parse_json_object
 
 from .conftest import needs_pipecat
 
@@ -171,6 +171,16 @@ def test_budget_header_table(logs, raw, expected, warning):
     assert parse_budget(raw) == expected
     warnings = logs.messages("WARNING")
     assert warnings == ([warning] if warning else [])
+
+
+def test_header_lookup_ignores_case_keeps_the_first_value_and_defaults_when_absent():
+    headers = HeaderLookup(
+        [("x-daily-session-id", "s-1"), ("X-Daily-Session-Id", "s-2"), ("Host", "h")]
+    )
+    assert headers.get("X-Daily-Session-Id") == "s-1"  # as werkzeug's Headers.get
+    assert headers.get("HOST") == "h"
+    assert headers.get("X-Daily-Room-Url") is None
+    assert headers.get("X-Daily-Room-Url", "none") == "none"
 
 
 @pytest.mark.parametrize(

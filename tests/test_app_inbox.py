@@ -76,6 +76,40 @@ async def test_a_diverted_inbox_makes_no_channel_and_after_restore_events_go_to_
     assert (await inbox.receive())["text"] == "1"
 
 
+async def test_events_put_before_the_route_runs_make_no_channel_and_come_first_from_divert():
+    inbox = AppInbox(2)
+    sunk: list[str] = []
+
+    async def sink(e: dict) -> None:
+        sunk.append(e["text"])
+
+    # A small body arrives with its request: Hypercorn's reader puts it before the route's task
+    # has run.
+    await inbox.put(event(0))
+    assert inbox._channel is None
+    queued = inbox.divert(sink)
+    await inbox.put(event(1))
+    assert [e["text"] for e in queued] == ["0"]
+    assert sunk == ["1"]
+    assert inbox._channel is None
+
+
+async def test_events_put_before_a_channel_reach_receive_first_and_a_full_inbox_still_waits():
+    inbox = AppInbox(2)
+    put: list[int] = []
+
+    async def reader() -> None:
+        for n in range(4):
+            await inbox.put(event(n))
+            put.append(n)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert put == [0, 1]  # two fit; the third waits for room, as with a channel
+        assert [(await inbox.receive())["text"] for _ in range(4)] == ["0", "1", "2", "3"]
+
+
 def test_of_finds_the_inbox_behind_an_apps_receive_and_nothing_else():
     inbox = AppInbox(10)
 
