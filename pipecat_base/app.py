@@ -30,7 +30,7 @@ from quart_trio import QuartTrio
 from . import flows, inputs
 from .config import Settings, load_settings
 from .health import readiness
-from .http_connection import DirectHTTPConnection
+from .http_connection import DirectHTTPConnection, DirectRequest
 from .inputs import BadInput
 from .logs import session_context
 from .nursery import (
@@ -103,6 +103,7 @@ def create_app(
     settings = settings or load_settings({})
     app = QuartTrio("pipecat_base")
     app.asgi_http_class = DirectHTTPConnection
+    app.request_class = DirectRequest
     app.asgi_websocket_class = DirectWebsocketConnection
     app.websocket_class = AsgiWebsocket
     budget_notice = _NoBudgetNotice()

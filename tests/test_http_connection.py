@@ -15,13 +15,16 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
 from pipecat_base.app_inbox import AppInbox
-from pipecat_base.http_connection import DirectHTTPConnection
+from pipecat_base.http_connection import DirectHTTPConnection, DirectRequest
 
 from .hypercorn_serving import LEAN, STOCK, open_tcp, serving
 from .steps import counting_steps
 
 CONNECTIONS = pytest.mark.parametrize(
     "connection", [TrioASGIHTTPConnection, DirectHTTPConnection], ids=["quart-trio", "direct"]
+)
+REQUESTS_CLASSES = pytest.mark.parametrize(
+    "request_class", [None, DirectRequest], ids=["quart-trio-request", "direct-request"]
 )
 
 
@@ -33,9 +36,11 @@ class Probe:
         self.cancelled = trio.Event()
 
 
-def make_app(connection: type, probe: Probe) -> QuartTrio:
+def make_app(connection: type, probe: Probe, request_class: type | None = None) -> QuartTrio:
     app = QuartTrio(__name__)
     app.asgi_http_class = connection
+    if request_class is not None:
+        app.request_class = request_class
 
     @app.post("/digest")
     async def digest() -> dict:
@@ -67,8 +72,9 @@ def http_url(ws_url: str) -> str:
 
 
 @CONNECTIONS
+@REQUESTS_CLASSES
 async def test_a_body_sent_in_parts_after_the_headers_reaches_the_route_whole(
-    autojump_clock, connection
+    autojump_clock, connection, request_class
 ):
     body = bytes(range(256)) * 1024  # 256 KiB: several reads, several ASGI messages
 
@@ -77,7 +83,8 @@ async def test_a_body_sent_in_parts_after_the_headers_reaches_the_route_whole(
             yield body[start : start + 32 * 1024]
             await trio.sleep(0.01)  # the route is already waiting for the rest
 
-    async with serving(LEAN, Config(), make_app(connection, Probe())) as url:
+    app = make_app(connection, Probe(), request_class)
+    async with serving(LEAN, Config(), app) as url:
         async with httpx.AsyncClient(base_url=http_url(url)) as client:
             response = await client.post("/digest", content=parts())
     assert response.status_code == 200
@@ -127,7 +134,7 @@ async def test_the_quart_test_client_is_served_by_quart_trios_connection():
 REQUESTS = 20
 
 
-async def tasks_and_steps(connection: type) -> tuple[int, int]:
+async def tasks_and_steps(connection: type, request_class: type | None = None) -> tuple[int, int]:
     """Trio tasks spawned and steps taken per keep-alive ``POST`` (body and all)."""
     spawned = 0
 
@@ -136,7 +143,8 @@ async def tasks_and_steps(connection: type) -> tuple[int, int]:
             nonlocal spawned
             spawned += 1
 
-    async with serving(LEAN, Config(), make_app(connection, Probe())) as url:
+    app = make_app(connection, Probe(), request_class)
+    async with serving(LEAN, Config(), app) as url:
         async with httpx.AsyncClient(base_url=http_url(url)) as client:
             await client.post("/digest", content=b"warm-up")
             spawns = Spawns()
@@ -198,3 +206,27 @@ async def test_the_disconnect_reported_inside_the_last_send_cuts_nothing_short()
     app = make_app(DirectHTTPConnection, Probe())
     await DirectHTTPConnection(app, scope)(inbox.receive, send)
     assert finished == ["last send"]
+
+
+@REQUESTS_CLASSES
+async def test_a_body_over_max_content_length_is_refused_413(request_class):
+    app = make_app(DirectHTTPConnection, Probe(), request_class)
+    app.config["MAX_CONTENT_LENGTH"] = 10
+    async with serving(LEAN, Config(), app) as url:
+        async with httpx.AsyncClient(base_url=http_url(url)) as client:
+            declared = await client.post("/digest", content=b"x" * 100)
+
+            async def undeclared():  # chunked: refused once the body grows past the limit
+                yield b"x" * 100
+
+            grown = await client.post("/digest", content=undeclared())
+            fits = await client.post("/digest", content=b"x" * 10)
+    assert (declared.status_code, grown.status_code, fits.status_code) == (413, 413, 200)
+
+
+async def test_a_body_that_came_with_its_request_is_read_without_a_scheduling_round():
+    _, quart_trio_request = await tasks_and_steps(DirectHTTPConnection)
+    _, direct_request = await tasks_and_steps(DirectHTTPConnection, DirectRequest)
+    # The whole request in one Trio step: quart-trio's body waits on its completion event,
+    # and a Trio event already set still yields a round.
+    assert (quart_trio_request, direct_request) == (2, 1)
