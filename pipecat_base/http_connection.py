@@ -36,13 +36,27 @@ class ReadyBody(TrioBody):
     ``await request.get_data()`` waits on the body's completion event, and a Trio event that is
     already set still yields a whole scheduling round: on a ``POST /bot``, whose body nearly
     always came with its request, one round before ``bot()`` can start, for nothing.
+
+    quart-trio 0.12 (Python 3.10-3.12) keeps the body in a ``bytearray`` as it arrives, which
+    is read here. 0.13 (Python 3.13) queues the parts and joins them in its own ``__await__``;
+    its body takes that path unchanged (`READS_AT_ONCE` is False).
     """
 
     def __await__(self) -> Any:
         complete = getattr(self, "_complete", None)
-        if complete is not None and complete.is_set() and self._must_raise is None:
-            return bytes(self._data)
+        data = getattr(self, "_data", None)
+        if (
+            isinstance(data, bytearray)
+            and complete is not None
+            and complete.is_set()
+            and getattr(self, "_must_raise", None) is None
+        ):
+            return bytes(data)
         return (yield from super().__await__())
+
+
+# Whether this quart-trio's body is one `ReadyBody` reads at once (see there).
+READS_AT_ONCE = isinstance(getattr(TrioBody(None, None), "_data", None), bytearray)
 
 
 class DirectRequest(TrioRequest):

@@ -92,7 +92,9 @@ class Metrics:
 
     def session_ended(self, outcome: str, duration: float) -> None:
         ended = self._ended_by.get(outcome)
-        (ended or self._ended.labels(outcome)).inc()
+        if ended is None:
+            ended = self._ended.labels(outcome)
+        ended.inc()
         self._duration.observe(duration)
         if outcome == "budget":
             self._budget_stops.inc()
