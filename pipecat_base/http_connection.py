@@ -26,6 +26,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.wrappers import Request, Response
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .app_inbox import AppInbox, Event
 
@@ -38,25 +39,35 @@ class ReadyBody(TrioBody):
     always came with its request, one round before ``bot()`` can start, for nothing.
 
     quart-trio 0.12 (Python 3.10-3.12) keeps the body in a ``bytearray`` as it arrives, which
-    is read here. 0.13 (Python 3.13) queues the parts and joins them in its own ``__await__``;
-    its body takes that path unchanged (`READS_AT_ONCE` is False).
+    is read here. 0.13 (Python 3.13) queues the parts, which are joined here as its own
+    ``__await__`` joins them once the wait is over (with its size check). Any other body takes
+    quart-trio's path.
     """
 
     def __await__(self) -> Any:
         complete = getattr(self, "_complete", None)
-        data = getattr(self, "_data", None)
         if (
-            isinstance(data, bytearray)
-            and complete is not None
+            complete is not None
             and complete.is_set()
             and getattr(self, "_must_raise", None) is None
         ):
-            return bytes(data)
+            data = getattr(self, "_data", None)
+            if isinstance(data, bytearray):
+                return bytes(data)
+            queue = getattr(self, "_queue", None)
+            if data is None and queue is not None:
+                self._data = self._joined(queue)
+                return self._data
         return (yield from super().__await__())
 
-
-# Whether this quart-trio's body is one `ReadyBody` reads at once (see there).
-READS_AT_ONCE = isinstance(getattr(TrioBody(None, None), "_data", None), bytearray)
+    def _joined(self, queue: Any) -> bytes:
+        whole = bytearray()
+        while not queue.empty():
+            whole.extend(queue.get_nowait())
+            limit = self._max_content_length
+            if limit is not None and len(whole) > limit:
+                raise RequestEntityTooLarge()
+        return bytes(whole)
 
 
 class DirectRequest(TrioRequest):
@@ -114,11 +125,15 @@ async def _add_to_body(request: Request, message: Event) -> None:
     """One ``http.request`` message into the request body, as quart-trio's reader task does.
 
     quart-trio 0.12 (quart 0.22 and older) appends to a buffer; 0.13 (quart 0.23) puts into an
-    unbounded queue, which never waits.
+    unbounded queue, which never waits: put without waiting when the queue allows it, since
+    ``put`` only adds a scheduling round.
     """
     body: Any = request.body
     data = message.get("body", b"")
-    if hasattr(body, "put"):
+    queue = getattr(body, "_queue", None)
+    if hasattr(body, "put") and hasattr(queue, "put_nowait"):
+        queue.put_nowait(data)
+    elif hasattr(body, "put"):
         await body.put(data)
     else:
         body.append(data)
