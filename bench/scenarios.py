@@ -7,7 +7,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +40,7 @@ class Plan:
 QUICK = Plan(1, 10, 10, (1, 10), 1.0, ("raw", "pipecat"), (1, 20), ping_pong_frames=30)
 # 1000 sequential sessions: the p99 of 100 (as until 2026-12-01) was their slowest one.
 FULL = Plan(3, 1000, 50, (1, 10, 50), 5.0, ("raw", "pipecat", "vad"), (1, 100, 1000),
-            (10, 20, 30, 40, 50, 60, 80), 4.0)  # fmt: skip
+            (5, 10, 15, 20, 25, 30, 35, 40, 50, 60, 80), 4.0)  # fmt: skip
 
 
 @dataclass
@@ -226,17 +226,46 @@ def off_core(core: int) -> Iterator[None]:
         os.sched_setaffinity(0, cores)
 
 
+async def climb(
+    p99_at: Callable[[int], Awaitable[float]], ladder: tuple[int, ...]
+) -> tuple[int, int]:
+    """Climb ``ladder`` (numbers of concurrent calls) and return the two capacities.
+
+    * absolute: the most calls whose frame RTT p99 stays under `CALL_P99_BUDGET` (the issue's
+      criterion; pipecat's echo pipeline paces its output, so even one call's p99 is ~22 ms on
+      either server and this is 0 for the pipecat echo);
+    * added: the most calls whose p99 stays under one call's p99 plus `CALL_P99_BUDGET`, i.e.
+      at most 20 ms of queueing added by load, which does tell the servers apart.
+
+    ``p99_at(n)`` runs ``n`` calls and returns their p99 in seconds; one call is measured first,
+    and the climb stops at the first step past the added criterion.
+    """
+    reference = await p99_at(1)
+    absolute_holds = reference < CALL_P99_BUDGET
+    absolute, added = (1 if absolute_holds else 0), 1
+    for count in ladder:
+        p99 = await p99_at(count)
+        if p99 >= reference + CALL_P99_BUDGET:
+            break
+        added = count
+        absolute_holds = absolute_holds and p99 < CALL_P99_BUDGET
+        if absolute_holds:
+            absolute = count
+    return absolute, added
+
+
 async def capacity(kind: Kind, plan: Plan, results: Results) -> None:
-    best = 0
     with off_core(0):
         async with running(kind, cpu=0) as server:
-            ws_url = server.ws_url
-            for count in plan.capacity_ladder:
-                calls = await load.calls(ws_url, "pipecat", count, plan.capacity_seconds)
-                if pct([r for c in calls for r in c.rtts], 99) >= CALL_P99_BUDGET:
-                    break
-                best = count
-    results.add("capacity_calls_p99_under_20ms_one_core", kind, best)
+
+            async def p99_at(count: int) -> float:
+                calls = await load.calls(server.ws_url, "pipecat", count, plan.capacity_seconds)
+                await settle(server.pid)
+                return pct([r for c in calls for r in c.rtts], 99)
+
+            absolute, added = await climb(p99_at, plan.capacity_ladder)
+    results.add("capacity_calls_p99_under_20ms_one_core", kind, absolute)
+    results.add("capacity_calls_p99_within_20ms_of_one_call_one_core", kind, added)
 
 
 async def run_all(plan: Plan) -> Results:
