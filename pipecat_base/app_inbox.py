@@ -87,6 +87,15 @@ class AppInbox:
         self._sink = sink
         return queued
 
+    def discard(self) -> None:
+        """Drop every later event: the consumer is done, and its sink (which may hold all it
+        worked with) is let go."""
+        self._sink = _discarded
+
     def restore(self) -> None:
         """Events go to the channel again (`receive`), from the next one the reader puts."""
         self._sink = None
+
+
+async def _discarded(event: Event) -> None:
+    """The sink of a consumer that is done (`AppInbox.discard`)."""

@@ -110,6 +110,21 @@ async def test_events_put_before_a_channel_reach_receive_first_and_a_full_inbox_
         assert [(await inbox.receive())["text"] for _ in range(4)] == ["0", "1", "2", "3"]
 
 
+async def test_a_discarded_inbox_drops_later_events_and_lets_go_of_the_sink():
+    inbox = AppInbox(10)
+    sunk: list[dict] = []
+
+    async def sink(e: dict) -> None:
+        sunk.append(e)
+
+    inbox.divert(sink)
+    inbox.discard()
+    await inbox.put(event(0))
+    assert sunk == []
+    assert inbox._channel is None
+    assert inbox._sink is not sink
+
+
 def test_of_finds_the_inbox_behind_an_apps_receive_and_nothing_else():
     inbox = AppInbox(10)
 

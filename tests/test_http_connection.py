@@ -4,6 +4,7 @@ behaviour is checked against quart-trio's own connection class too."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 
 import httpx
@@ -232,3 +233,24 @@ async def test_a_body_that_came_with_its_request_is_read_without_a_scheduling_ro
     # yields to queue each body part: 3 steps.)
     assert quart_trio_request >= 2
     assert direct_request == 1
+
+
+async def test_a_finished_request_leaves_no_reference_cycle_for_the_collector():
+    # The route's sink held the request, whose push-promise sender held Hypercorn's stream,
+    # which held the inbox and so the sink: every request's objects waited for a collection.
+    async with serving(
+        LEAN, Config(), make_app(DirectHTTPConnection, Probe(), DirectRequest)
+    ) as url:
+        async with httpx.AsyncClient(base_url=http_url(url)) as client:
+            await client.post("/digest", content=b"warm-up")
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(REQUESTS):
+                    await client.post("/digest", content=b"{}")
+                gc.collect()
+                ours = [o for o in gc.garbage if isinstance(o, (AppInbox, DirectHTTPConnection))]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+    assert ours == []
