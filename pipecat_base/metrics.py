@@ -36,6 +36,7 @@ OUTCOMES = (
     "client_disconnected",
     "stopped",
     "abandoned",
+    "no_connection",
 )
 
 
@@ -91,10 +92,7 @@ class Metrics:
         self._started.inc()
 
     def session_ended(self, outcome: str, duration: float) -> None:
-        ended = self._ended_by.get(outcome)
-        if ended is None:
-            ended = self._ended.labels(outcome)
-        ended.inc()
+        self._ended_by[outcome].inc()
         self._duration.observe(duration)
         if outcome == "budget":
             self._budget_stops.inc()

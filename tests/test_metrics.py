@@ -43,6 +43,16 @@ async def bot(args: Any) -> None:
         await asyncio.sleep(1000)
 
 
+def test_every_outcome_has_a_counter_at_zero_from_the_start():
+    from pipecat_base.metrics import OUTCOMES, Metrics
+
+    # `nursery.Outcome` lives above `metrics`; the two lists must not drift apart.
+    assert set(OUTCOMES) == {outcome.value for outcome in Outcome}
+    m = samples(Metrics().render().decode())
+    for outcome in Outcome:
+        assert m[ended(outcome.value)] == 0, outcome
+
+
 async def test_counters_move_for_every_outcome(make_supervisor, autojump_clock):
     sup = make_supervisor(bot, cancel_grace=1)
     client = create_app(sup).test_client()
