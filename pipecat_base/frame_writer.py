@@ -74,22 +74,22 @@ class FrameWriter:
                 return None  # Hypercorn raises the error
             event = TextMessage(data=text)
         lock = self._server.send_lock
-        if not lock.take_nowait():  # type: ignore[attr-defined]
+        if not lock.take_nowait():
             return None
         try:
             frame = stream.connection.send(event)
         except LocalProtocolError:
-            lock.release()  # type: ignore[attr-defined]
+            lock.release()
             return b""  # the peer is closing: Hypercorn drops the message too
         except BaseException:
-            lock.release()  # type: ignore[attr-defined]
+            lock.release()
             raise
         try:
             sent = write_some(self._server.stream, frame)  # type: ignore[arg-type]
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             sent = 0  # `finish` meets the error again and closes as Hypercorn does
         if sent == len(frame):
-            lock.release()  # type: ignore[attr-defined]
+            lock.release()
             return b""
         return frame[sent:]
 
@@ -98,4 +98,4 @@ class FrameWriter:
         try:
             await self._server.send_locked(rest)
         finally:
-            self._server.send_lock.release()  # type: ignore[attr-defined]
+            self._server.send_lock.release()

@@ -45,20 +45,24 @@ class ReadyBody(TrioBody):
     """
 
     def __await__(self) -> Any:
-        complete = getattr(self, "_complete", None)
-        if (
-            complete is not None
-            and complete.is_set()
-            and getattr(self, "_must_raise", None) is None
-        ):
-            data = getattr(self, "_data", None)
-            if isinstance(data, bytearray):
-                return bytes(data)
-            queue = getattr(self, "_queue", None)
-            if data is None and queue is not None:
-                self._data = self._joined(queue)
-                return self._data
+        data = self._ready()
+        if data is not None:
+            return data
         return (yield from super().__await__())
+
+    def _ready(self) -> bytes | None:
+        """The whole body when it is complete and can be had without waiting, else None."""
+        complete = getattr(self, "_complete", None)
+        if complete is None or not complete.is_set() or getattr(self, "_must_raise", None):
+            return None
+        data = getattr(self, "_data", None)
+        if isinstance(data, bytearray):  # quart-trio 0.12
+            return bytes(data)
+        queue = getattr(self, "_queue", None)
+        if data is None and queue is not None:  # 0.13
+            self._data = self._joined(queue)
+            return self._data
+        return None
 
     def _joined(self, queue: Any) -> bytes:
         whole = bytearray()
@@ -138,7 +142,7 @@ async def _add_to_body(request: Request, message: Event) -> None:
     body: Any = request.body
     data = message.get("body", b"")
     queue = getattr(body, "_queue", None)
-    if hasattr(body, "put") and hasattr(queue, "put_nowait"):
+    if hasattr(queue, "put_nowait"):
         queue.put_nowait(data)
     elif hasattr(body, "put"):
         await body.put(data)

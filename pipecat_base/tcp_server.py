@@ -82,7 +82,7 @@ class SendLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._free.release()
+        self.release()
 
     def take_nowait(self) -> bool:
         """Take the lock if it is free; False if a send holds it or waits for it."""
@@ -249,9 +249,11 @@ async def send_all(stream: trio.SocketStream, data: bytes | memoryview) -> None:
 class LeanTCPServer(TCPServer):
     """Hypercorn's ``TCPServer`` with the per-frame costs above removed (see module)."""
 
+    send_lock: SendLock  # type: ignore[assignment]  # Hypercorn's is a trio.Lock
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.send_lock = SendLock()  # type: ignore[assignment]
+        self.send_lock = SendLock()
         self._idle_timer = IdleTimer(self.config.keep_alive_timeout)
         # Plain TCP on POSIX: the socket's descriptor can be read and written directly.
         self.plain = os.name == "posix" and isinstance(self.stream, trio.SocketStream)
