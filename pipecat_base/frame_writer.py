@@ -27,6 +27,7 @@ from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from wsproto.events import BytesMessage, TextMessage
 from wsproto.utilities import LocalProtocolError
 
+from . import ws_frames
 from .tcp_server import LeanTCPServer, write_some
 
 _CONNECTED = ASGIWebsocketState.CONNECTED
@@ -67,17 +68,16 @@ class FrameWriter:
             return None
         data = message.get("bytes")
         if data is not None:
-            event: BytesMessage | TextMessage = BytesMessage(data=bytes(data))
+            payload: bytes | str = bytes(data)
         else:
-            text = message.get("text")
-            if not isinstance(text, str):
+            payload = message.get("text")  # type: ignore[assignment]
+            if not isinstance(payload, str):
                 return None  # Hypercorn raises the error
-            event = TextMessage(data=text)
         lock = self._server.send_lock
         if not lock.take_nowait():
             return None
         try:
-            frame = stream.connection.send(event)
+            frame = self._frame(payload)
         except LocalProtocolError:
             lock.release()
             return b""  # the peer is closing: Hypercorn drops the message too
@@ -92,6 +92,16 @@ class FrameWriter:
             lock.release()
             return b""
         return frame[sent:]
+
+    def _frame(self, payload: bytes | str) -> bytes:
+        """The frame for ``payload`` (text when a ``str``), with the connection's wsproto state
+        moved as for any frame it sends; wsproto's ``LocalProtocolError`` when it is closing."""
+        connection = self._stream.connection
+        if ws_frames.sends_plain_frames(connection):
+            return ws_frames.server_frame(payload)
+        if isinstance(payload, str):
+            return connection.send(TextMessage(data=payload))
+        return connection.send(BytesMessage(data=payload))
 
     async def finish(self, rest: bytes) -> None:
         """Send what `write` left, then release the send lock it kept."""

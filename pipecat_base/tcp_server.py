@@ -58,7 +58,7 @@ from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.task_group import _handle as hypercorn_handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
-from . import checkpoints
+from . import checkpoints, ws_frames
 from .app_inbox import AppInbox
 
 
@@ -214,6 +214,20 @@ async def receive_some(stream: trio.SocketStream) -> bytes:
             raise trio.BrokenResourceError(f"socket receive failed: {exc!r}") from exc
 
 
+async def receive_websocket_data(websocket: WSStream, data: bytes) -> None:
+    """What Hypercorn's h11 layer does with a WebSocket's bytes, minus the layers; the whole
+    simple frames they begin with go to the app past wsproto when that is the same
+    (`ws_frames`)."""
+    if ws_frames.at_message_boundary(websocket):
+        messages, used = ws_frames.whole_messages(data, websocket.buffer.max_length)
+        for message in messages:
+            await websocket.app_put(message)  # type: ignore[misc]  # set once accepted
+        if used == len(data):
+            return
+        data = data[used:]
+    await websocket.handle(Data(stream_id=STREAM_ID, data=data))
+
+
 def write_some(stream: trio.SocketStream, data: bytes | memoryview) -> int:
     """Write what the kernel takes at once of ``data`` to ``stream``'s socket: the count (0
     when its buffer is full). ``trio.ClosedResourceError`` once the stream is closed or shut
@@ -279,8 +293,7 @@ class LeanTCPServer(TCPServer):
             if websocket is None:
                 websocket = self._websocket_stream()
             if websocket is not None and data:
-                # What Hypercorn's h11 layer does with a WebSocket's bytes, minus the layers.
-                await websocket.handle(Data(stream_id=STREAM_ID, data=data))
+                await receive_websocket_data(websocket, data)
                 continue
             await self.protocol.handle(RawData(data))
             if data == b"":

@@ -12,13 +12,17 @@ import trio
 import trio.testing
 from hypercorn.config import Config
 from trio_websocket import open_websocket_url
+from wsproto import WSConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import Request, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 from pipecat_base.asgi_bridge import AsgiBridge, open_asgi_bridge
 from pipecat_base.bridge import open_bridge_loop, wait_task
 from pipecat_base.frame_writer import FrameWriter
 from pipecat_base.session_api import run_asgi_on_loop
 
-from .hypercorn_serving import LEAN, STOCK, serving
+from .hypercorn_serving import LEAN, STOCK, open_tcp, serving
 from .steps import counting_steps
 
 BIG = 256 << 10  # a frame of this size fills a loopback socket's buffer within a few
@@ -81,16 +85,14 @@ async def test_a_frame_goes_out_at_once_unless_a_send_holds_the_lock_or_the_sock
         async with writer._server.send_lock:  # another send under way: Hypercorn's way
             outcomes.append(writer.write({"type": "websocket.send", "text": "held"}))
         outcomes.append(writer.write({"type": "websocket.send", "bytes": b"\x00bytes"}))
-        connection = writer._stream.connection
-        serialise = connection.send
 
-        def failing(event: Any) -> bytes:
-            raise ValueError("an extension failed")
+        def failing(payload: Any) -> bytes:
+            raise ValueError("framing failed")
 
-        connection.send = failing  # type: ignore[method-assign]
-        with pytest.raises(ValueError, match="extension"):
+        writer._frame = failing  # type: ignore[method-assign]
+        with pytest.raises(ValueError, match="framing"):
             writer.write({"type": "websocket.send", "text": "lost"})
-        connection.send = serialise  # type: ignore[method-assign]
+        del writer._frame
         # The failure gave the send lock back.
         outcomes.append(writer.write({"type": "websocket.send", "text": "after a failure"}))
         # A message Hypercorn rejects is left to it (it raises).
@@ -248,3 +250,29 @@ async def test_a_frames_rest_is_finished_even_when_the_pump_is_cancelled_before_
             await bridge._pump_out(send)
     # The frame's start is on the wire: its end must follow (the send lock waits for it).
     assert log == [("write", "1"), ("finish", b"rest")]
+
+
+async def test_with_permessage_deflate_the_writer_sends_wsprotos_compressed_frame():
+    text = "squeezed " * 20
+    outcomes: list[bytes | None] = []
+
+    async def then(writer: FrameWriter, receive: Any, send: Any) -> None:
+        outcomes.append(writer.write({"type": "websocket.send", "text": text}))
+
+    async with serving(LEAN, Config(), _writer_app([], then)) as url:
+        stream = await open_tcp(url)
+        client = WSConnection(ConnectionType.CLIENT)
+        offer = Request(host="test", target="/", extensions=[PerMessageDeflate()])
+        await stream.send_all(client.send(offer))
+        received, messages = b"", []
+        while not messages:
+            data = await stream.receive_some()
+            received += data
+            client.receive_data(data)
+            messages += [e.data for e in client.events() if isinstance(e, TextMessage)]
+        await stream.aclose()
+    assert outcomes == [b""]
+    assert messages == [text]
+    frame = received.split(b"\r\n\r\n", 1)[1]
+    assert frame[0] == 0xC1  # final, compressed (RSV1), text: written by wsproto
+    assert len(frame) < len(text)
