@@ -8,7 +8,8 @@ whole scheduler round per outbound frame, for a write the kernel nearly always t
 The asyncio callbacks run inside a Trio task (trio-asyncio's loop task), so synchronous Trio
 and socket calls are allowed there. `FrameWriter.write` does what Hypercorn's
 ``WSStream.app_send`` and ``LeanTCPServer.protocol_send`` do for a ``websocket.send`` --
-serialise with the connection's wsproto state, take the send lock, write -- without waiting:
+frame the message with the connection's wsproto state (`ws_frames.server_frame` while wsproto
+would write that very frame), take the send lock, write -- without waiting:
 it takes the lock only if it is free, and what the kernel did not take is returned with the
 lock still held, for `FrameWriter.finish` (the bridge's Trio task) to send before anything
 else and release it. Whatever it cannot do at once (lock taken, connection not open, a message

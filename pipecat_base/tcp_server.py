@@ -25,7 +25,8 @@ noticeable share of a call's CPU (``py-spy`` on 10 pipecat calls, see ``bench/NO
 `LeanTCPServer` reads with `receive_some` (wait, then read; no scope) when no read timeout is
 set, sends with `send_all` (no yield when the kernel takes the data at once) on plain TCP,
 skips empty writes, hands a WebSocket's bytes straight to its stream once h11 only passes
-them through, and takes the send lock with `checkpoints.acquire` (`frame_writer` takes it
+them through (and the whole simple frames among them straight to the app: `ws_frames`), and
+takes the send lock with `checkpoints.acquire` (`frame_writer` takes it
 without waiting, from the asyncio side). Its idle timeout is
 one task per connection whose deadline requests move (`IdleTimer`), and which ends with the
 connection. `LeanTaskGroup` gives each app an `AppInbox`, which puts with `checkpoints.send`
