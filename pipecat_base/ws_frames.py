@@ -13,7 +13,7 @@ given in its shortest form, and whose text is valid UTF-8. It stops at the first
 anything else -- a control frame, a fragment, an incomplete frame, a malformed one -- and the
 rest of the bytes go to wsproto, which handles them (and reports their errors) as always.
 `at_message_boundary` says when that is equivalent to wsproto's own parse: the connection is
-open, and neither wsproto nor Hypercorn holds part of a frame or message or an unread event,
+open, neither wsproto nor Hypercorn holds part of a frame or message, its parser is alive,
 and no extension (permessage-deflate) was negotiated. A complete unfragmented data frame then
 leaves wsproto's state as it found it, so what is read here need never reach it.
 
@@ -92,7 +92,8 @@ def at_message_boundary(stream: Any) -> bool:
         if stream.closed or not stream.handshake.accepted or stream.buffer.value is not None:
             return False
         connection = stream.connection
-        if connection.state is not ConnectionState.OPEN or connection._events:
+        # (wsproto queues an unread event only as the connection closes under it: OPEN covers it)
+        if connection.state is not ConnectionState.OPEN:
             return False
         protocol = connection._proto
         decoder = protocol._frame_decoder
