@@ -47,3 +47,10 @@ async def open_tcp(url: str) -> trio.SocketStream:
     """A plain TCP connection to the server `serving` yielded ``url`` for."""
     host, port = url.removeprefix("ws://").split(":")
     return await trio.open_tcp_stream(host, int(port))
+
+
+async def agree_to_lifespan(receive: Any, send: Any) -> None:
+    """An ASGI app's part of Hypercorn's lifespan protocol: agree to startup and shutdown."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})

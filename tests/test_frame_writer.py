@@ -22,7 +22,7 @@ from pipecat_base.bridge import open_bridge_loop, wait_task
 from pipecat_base.frame_writer import FrameWriter
 from pipecat_base.session_api import run_asgi_on_loop
 
-from .hypercorn_serving import LEAN, STOCK, open_tcp, serving
+from .hypercorn_serving import LEAN, STOCK, agree_to_lifespan, open_tcp, serving
 from .steps import counting_steps
 
 BIG = 256 << 10  # a frame of this size fills a loopback socket's buffer within a few
@@ -30,13 +30,6 @@ BIG = 256 << 10  # a frame of this size fills a loopback socket's buffer within 
 
 def _text(n: int, size: int = 8) -> str:
     return f"{n:08d}".ljust(size, chr(ord("a") + n % 26))
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    """Agree to Hypercorn's lifespan events."""
-    while (await receive())["type"] != "lifespan.shutdown":
-        await send({"type": "lifespan.startup.complete"})
-    await send({"type": "lifespan.shutdown.complete"})
 
 
 async def _on_loop(loop: Any, coro: Any) -> Any:
@@ -50,7 +43,7 @@ def _writer_app(seen: list[FrameWriter | None], then: Any = None) -> Any:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
-            await _lifespan(receive, send)
+            await agree_to_lifespan(receive, send)
             return
         seen.append(FrameWriter.of(send))
         await receive()  # websocket.connect
@@ -130,7 +123,7 @@ async def test_frames_beyond_the_socket_buffer_arrive_whole_and_in_order(monkeyp
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] != "websocket":
-                await _lifespan(receive, send)
+                await agree_to_lifespan(receive, send)
                 return
             await receive()
             await send({"type": "websocket.accept"})
@@ -158,7 +151,7 @@ async def test_a_bot_apps_websocket_route_writes_its_frames_without_the_pump():
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] != "websocket":
-                await _lifespan(receive, send)
+                await agree_to_lifespan(receive, send)
                 return
             await run_asgi_on_loop(loop, asyncio_echo, scope, receive, send, cancel_grace=1)
 

@@ -25,7 +25,7 @@ from pipecat_base.asgi_bridge import open_asgi_bridge
 from pipecat_base.bridge import open_bridge_loop, wait_task
 from pipecat_base.frame_writer import FrameWriter
 
-from .hypercorn_serving import LEAN, STOCK, open_tcp, serving
+from .hypercorn_serving import LEAN, STOCK, agree_to_lifespan, open_tcp, serving
 from .steps import counting_steps
 
 FRAMES = 50
@@ -46,9 +46,7 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"ok"})
         return
     if scope["type"] == "lifespan":
-        while (event := await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await agree_to_lifespan(receive, send)
         return
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})

@@ -29,7 +29,7 @@ from pipecat_base.ws_frames import (
     whole_messages,
 )
 
-from .hypercorn_serving import LEAN, STOCK, open_tcp, serving
+from .hypercorn_serving import LEAN, STOCK, agree_to_lifespan, open_tcp, serving
 
 BIG = 1 << 24
 
@@ -190,7 +190,7 @@ NOT_AT_A_BOUNDARY = {
     ),
     "closing": lambda: stream(drained(Connection(ConnectionType.SERVER), client_close())),
     "closed under it": lambda: stream(drained(Connection(ConnectionType.SERVER), None)),
-    "an event not yet read": lambda: stream(
+    "bytes not yet parsed": lambda: stream(
         Connection(ConnectionType.SERVER, trailing_data=client_frame("unread"))
     ),
     "permessage-deflate": lambda: stream(server_with_deflate()),
@@ -241,9 +241,7 @@ async def what_the_app_received(
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await agree_to_lifespan(receive, send)
             return
         await receive()
         await send({"type": "websocket.accept"})
