@@ -54,6 +54,33 @@ async def test_quick_benchmark_runs_both_servers_and_writes_the_report(tmp_path)
     assert sorted(p.name for p in (tmp_path / "img").iterdir()) == ["cpu.png", "rss.png", "rtt.png"]
 
 
+def test_the_servers_cache_bytecode_outside_the_checkout_whatever_the_environment(monkeypatch):
+    # The image runs with compiled bytecode; a server that compiles every module at each start
+    # would time the compiler, not the startup.
+    from bench import servers
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    env = servers.child_env(8123, ROOT, {"SHUTDOWN_TIMEOUT": "1"})
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    assert env["PYTHONPYCACHEPREFIX"] == str(servers.PYCACHE)
+    assert not servers.PYCACHE.is_relative_to(ROOT)
+    assert (env["PORT"], env["PYTHONPATH"], env["SHUTDOWN_TIMEOUT"]) == ("8123", str(ROOT), "1")
+
+
+@needs_pipecat
+@pytest.mark.slow
+async def test_priming_leaves_both_servers_bytecode_for_the_timed_starts(tmp_path, monkeypatch):
+    from bench import servers
+
+    monkeypatch.setattr(servers, "PYCACHE", tmp_path)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    await servers.prime()
+    tag = sys.implementation.cache_tag
+    for module in (ROOT / "pipecat_base" / "app.py", ROOT / "bench" / "baseline" / "__main__.py"):
+        cached = tmp_path / module.parent.relative_to("/") / f"{module.stem}.{tag}.pyc"
+        assert cached.is_file(), cached
+
+
 async def test_calls_pace_their_frames_in_real_time(autojump_clock):
     from bench.load import FRAME_SECONDS, paced
 
