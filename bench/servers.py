@@ -26,7 +26,7 @@ CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 # development environment often has no bytecode at all: uv does not compile on install, and
 # ``PYTHONDONTWRITEBYTECODE`` (set on this machine) keeps Python from caching what it compiles,
 # so every start compiled each imported module from source. Measured that way, startup was
-# mostly the compiler (2.5 s against the baseline's 1.6 s; with bytecode 1.05 s against 0.77 s).
+# mostly the compiler (2.5 s against the baseline's 1.6 s; with bytecode 1.05 s against 0.67 s).
 # The servers therefore cache bytecode here (outside the checkouts, which stay untouched), and
 # `prime` starts each once before anything is measured.
 PYCACHE = Path(tempfile.gettempdir()) / f"pipecat-base-bench-pycache-{os.getuid()}"
