@@ -33,6 +33,7 @@ from .health import readiness
 from .http_connection import DirectHTTPConnection, DirectRequest
 from .inputs import BadInput
 from .logs import session_context
+from .route_matching import RememberingMap
 from .nursery import (
     Outcome,
     SessionHandle,
@@ -71,6 +72,11 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
+class _App(QuartTrio):
+    # On the class: Quart builds its URL map as it is constructed.
+    url_map_class = RememberingMap
+
+
 def _answered() -> Response:
     """``200 {}`` (as ``jsonify({})`` makes it, without the JSON provider: every ``/bot``)."""
     return Response(b"{}\n", mimetype="application/json")
@@ -101,7 +107,7 @@ def create_app(
         whatsapp: WhatsApp calls (`whatsapp`): ``POST /whatsapp`` is served. None: it is not.
     """
     settings = settings or load_settings({})
-    app = QuartTrio("pipecat_base")
+    app = _App("pipecat_base")
     app.asgi_http_class = DirectHTTPConnection
     app.request_class = DirectRequest
     app.asgi_websocket_class = DirectWebsocketConnection
