@@ -33,7 +33,6 @@ from .health import readiness
 from .http_connection import DirectHTTPConnection, DirectRequest
 from .inputs import BadInput
 from .logs import session_context
-from .route_matching import RememberingMap
 from .nursery import (
     Outcome,
     SessionHandle,
@@ -41,6 +40,7 @@ from .nursery import (
     SessionSpec,
     SessionSupervisor,
 )
+from .route_matching import RememberingMap
 from .session_args import http_session_args, websocket_session_args
 from .watchdog import StallStats
 from .webrtc import (
