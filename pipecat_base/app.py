@@ -4,7 +4,8 @@ Routes translate requests into sessions and outcomes into responses; they own no
 (`nursery.SessionSupervisor` does).
 
 * ``POST /bot`` -- start a session from headers and a JSON object body; answer ``200 {}`` when
-  ``bot()`` has ended (the open request is what keeps the pod busy for the platform).
+  ``bot()`` has ended (the open request is what keeps the pod busy for the platform). Transport
+  ``moq``: the bot dials the relay the headers name (`moq`).
 * ``WS /ws`` -- accept, then run a session whose bot gets a genuine Starlette ``WebSocket``
   (`websocket`); the caller hanging up reaches the bot as ``websocket.disconnect``, and a bot
   that does not end within ``CLIENT_DISCONNECT_GRACE`` is stopped.
@@ -27,7 +28,7 @@ from loguru import logger
 from quart import Response, jsonify, request, websocket
 from quart_trio import QuartTrio
 
-from . import flows, inputs
+from . import flows, inputs, moq
 from .config import Settings, load_settings
 from .health import readiness
 from .http_connection import DirectHTTPConnection, DirectRequest
@@ -41,7 +42,7 @@ from .nursery import (
     SessionSupervisor,
 )
 from .route_matching import RememberingMap
-from .session_args import http_session_args, websocket_session_args
+from .session_args import build, http_session_args, websocket_session_args
 from .watchdog import StallStats
 from .webrtc import (
     OFFER_PATH,
@@ -91,6 +92,7 @@ def create_app(
     capabilities: bytes | None = None,
     webrtc: SmallWebRTC | None = None,
     whatsapp: WhatsApp | None = None,
+    moq_unavailable: str | None = moq.NO_SUPPORT,
 ) -> QuartTrio:
     """Build the app serving ``supervisor``'s sessions.
 
@@ -105,6 +107,8 @@ def create_app(
         webrtc: SmallWebRTC support (`webrtc`): ``/bot`` with transport ``webrtc`` waits for
             the peer, and ``/api/offer`` is served. None: neither.
         whatsapp: WhatsApp calls (`whatsapp`): ``POST /whatsapp`` is served. None: it is not.
+        moq_unavailable: Why this image cannot serve MoQ sessions (the ``transport.moq``
+            capability's reason), or None when it can.
     """
     settings = settings or load_settings({})
     app = _App("pipecat_base")
@@ -136,12 +140,24 @@ def create_app(
             logger.debug(f"Transport type: {transport}")
         room_url = headers.get(inputs.ROOM_URL_HEADER)
         token = headers.get(inputs.ROOM_TOKEN_HEADER)
-        if transport == "webrtc" and webrtc is not None and not (room_url and token):
+        redact = None
+        if transport == moq.TRANSPORT:
+            try:
+                args, secret = moq.session_args(
+                    session_id, body, headers, unavailable=moq_unavailable, build=build
+                )
+            except moq.MoqRefused as exc:
+                with session_context(session_id):
+                    logger.error(str(exc))
+                return jsonify({"detail": str(exc)}), 400
+            redact = secret.scrub
+        elif transport == "webrtc" and webrtc is not None and not (room_url and token):
             return await wait_for_webrtc(session_id, body, flow_config, budget)
-        args = http_session_args(session_id, body, room_url=room_url, token=token)
+        else:
+            args = http_session_args(session_id, body, room_url=room_url, token=token)
         args.flow_config = flow_config
         try:
-            handle = await supervisor.start(SessionSpec(session_id, args, budget))
+            handle = await supervisor.start(SessionSpec(session_id, args, budget, redact=redact))
         except SessionRefused as exc:
             return _refused(exc)
         await handle.wait()

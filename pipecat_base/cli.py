@@ -128,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     detected = features_module.detect(settings=settings)
     if settings.log_features_summary.strip().lower() == "true":
         logger.info(features_module.summary(detected))
+    from . import moq
+
+    moq_warning = moq.startup_warning(features_module.unavailable(detected, features_module.MOQ))
+    if moq_warning:
+        logger.warning(moq_warning)
     if any(f.name == features_module.OBSERVERS and f.available for f in detected):
         register_setup_file(observers_setup_path())
     server = Server(

@@ -112,7 +112,7 @@ def check_session_types(
 
     Warnings name optional types (SmallWebRTC) that do not build: those transports are off.
     """
-    from .session_args import _build
+    from .session_args import build
 
     pc = _named("pipecatcloud", version("pipecatcloud"))
     pipecat = _named("pipecat-ai", version("pipecat-ai"))
@@ -132,7 +132,7 @@ def check_session_types(
                 "that has it, or leave pipecatcloud to the image."
             ), []
         try:
-            _build(cls, body={}, session_id="probe", **fields)
+            build(cls, body={}, session_id="probe", **fields)
         except Exception as exc:
             return (
                 f"{pc} with {pipecat} cannot build the {name} this image hands bot() "
@@ -141,7 +141,7 @@ def check_session_types(
     warnings = []
     for name, fields in _OPTIONAL.items():
         try:
-            _build(getattr(agent, name), body={}, session_id="probe", **fields)
+            build(getattr(agent, name), body={}, session_id="probe", **fields)
         except Exception as exc:
             warnings.append(
                 f"{pc} with {pipecat} cannot build {name} ({_detail(exc)}): the image serves "

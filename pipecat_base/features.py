@@ -28,7 +28,8 @@ def _module_feature(name: str, module: str, find_spec: Callable[[str], Any]) -> 
 
 
 OBSERVERS = "observability.observers"
-CAPABILITIES = ("transport.daily", "transport.websocket", "transport.webrtc", "whatsapp")
+MOQ = "transport.moq"
+CAPABILITIES = ("transport.daily", "transport.websocket", "transport.webrtc", MOQ, "whatsapp")
 
 
 def _observers(find_spec: Callable[[str], Any]) -> Feature:
@@ -90,6 +91,7 @@ def detect(
     *,
     settings: Any = None,
     webrtc_type: Callable[[], Any] | None = None,
+    moq_reason: Callable[[Callable[[str], Any]], str | None] | None = None,
 ) -> list[Feature]:
     """The image's features, in a stable order. Modules are looked up, not imported (only
     pipecatcloud's session types, which the CLI has loaded already, are inspected).
@@ -100,6 +102,8 @@ def detect(
             process environment's when omitted.
         webrtc_type: Returns pipecatcloud's SmallWebRTC session type or None
             (`session_args.webrtc_session_type` when omitted).
+        moq_reason: Says, given ``find_spec``, why MoQ sessions cannot be served, or None
+            (`moq.unavailable_reason` when omitted).
     """
     if settings is None:
         from .config import load_settings
@@ -107,7 +111,10 @@ def detect(
         settings = load_settings()
     if webrtc_type is None:
         from .session_args import webrtc_session_type as webrtc_type
+    if moq_reason is None:
+        from .moq import unavailable_reason as moq_reason
     webrtc = _webrtc(find_spec, webrtc_type)
+    moq_unavailable = moq_reason(find_spec)
     return [
         _observers(find_spec),
         # Daily sessions reach the bot as a room URL and token; joining needs daily-python.
@@ -115,12 +122,21 @@ def detect(
         Feature("transport.websocket", True),
         webrtc,
         _whatsapp(find_spec, webrtc, settings),
+        Feature(MOQ, moq_unavailable is None, moq_unavailable),
     ]
 
 
 def enabled(features: list[Feature], name: str) -> bool:
     """Whether ``name`` is among ``features`` and available."""
     return any(f.name == name and f.available for f in features)
+
+
+def unavailable(features: list[Feature], name: str) -> str | None:
+    """Why ``name`` is not served (its reason, or that it was not detected), or None if it is."""
+    for feature in features:
+        if feature.name == name:
+            return None if feature.available else (feature.reason or f"{name} is unavailable")
+    return f"{name} was not detected"
 
 
 def summary(features: list[Feature]) -> str:

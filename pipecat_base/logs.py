@@ -4,14 +4,17 @@
 import; we take over afterwards, as the existing image does). `session_context` binds the
 session id through a context variable, so everything logged inside a session, on the trio side
 and on the asyncio side (asyncio tasks copy the context they are created in), carries it.
+`redacting` works the same way for a session's secrets (a MoQ relay URL): every sink writes the
+formatted record, traceback included, through the session's redaction.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 from loguru import logger
@@ -24,6 +27,9 @@ CONSOLE_FORMAT = (
 )
 NO_SESSION = "NONE"
 PROBE_PATHS = ("/livez", "/readyz", "/metrics")
+
+Redaction = Callable[[str], str]
+_REDACTION: ContextVar[Redaction | None] = ContextVar("pipecat_base_redaction", default=None)
 
 
 def configure_logging(
@@ -38,9 +44,11 @@ def configure_logging(
     """
     logger.remove()
     logger.configure(extra={"session_id": NO_SESSION})
-    logger.add(sink or sys.stderr, format=CONSOLE_FORMAT, level=level, backtrace=False)
+    # diagnose=False: tracebacks without the values of local variables, which hold tokens.
+    console = _redacting_stream(sink or sys.stderr)
+    logger.add(console, format=CONSOLE_FORMAT, level=level, backtrace=False, diagnose=False)
     if jsonl is not None:
-        logger.add(_lane_sink(jsonl), format="{message}\n{exception}", level=level)
+        logger.add(_lane_sink(jsonl), format="{message}\n{exception}", level=level, diagnose=False)
     for name in ("hypercorn.error", "hypercorn.access"):
         std = logging.getLogger(name)
         std.handlers[:] = [_ToLoguru()]
@@ -54,13 +62,41 @@ def session_context(session_id: str | None) -> AbstractContextManager[None]:
     return logger.contextualize(session_id=session_id or NO_SESSION)
 
 
+@contextmanager
+def redacting(redaction: Redaction | None) -> Iterator[None]:
+    """Pass every record logged in this context (trio and asyncio alike) through
+    ``redaction`` before any sink writes it; None redacts nothing."""
+    if redaction is None:
+        yield
+        return
+    token = _REDACTION.set(redaction)
+    try:
+        yield
+    finally:
+        _REDACTION.reset(token)
+
+
+def redacted(text: str) -> str:
+    """``text`` through the current context's redaction (sinks of our own call this)."""
+    redaction = _REDACTION.get()
+    return text if redaction is None else redaction(text)
+
+
+def _redacting_stream(stream: TextIO) -> Callable[[Any], None]:
+    def write(message: Any) -> None:
+        stream.write(redacted(message))
+        stream.flush()
+
+    return write
+
+
 def _lane_sink(jsonl: JsonlFile) -> Callable[[Any], None]:
     def write(message: Any) -> None:
         record = message.record
         session_id = record["extra"].get("session_id")
         jsonl.record(
             "app",
-            str(message).rstrip("\n"),
+            redacted(str(message)).rstrip("\n"),
             session_id=None if session_id in (None, NO_SESSION) else str(session_id),
             level=record["level"].name,
             timestamp=record["time"].isoformat(),

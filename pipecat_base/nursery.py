@@ -32,7 +32,7 @@ from loguru import logger
 
 from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, wait_task
-from .logs import session_context
+from .logs import redacting, session_context
 from .memory import release_memory
 from .metrics import Metrics
 from .session_tasks import SessionTasks, install_task_factory, reap
@@ -90,12 +90,15 @@ class SessionSpec:
             unused). It is entered inside the session's cancel scope, so the budget and stops
             apply to the wait, and exited after the bot ended (to release the connection); it
             may stop the session through the handle (a peer that hung up).
+        redact: Applied to everything the session logs, tracebacks included (`logs.redacting`):
+            a MoQ session's relay URL carries its token.
     """
 
     session_id: str | None
     args: Any
     budget: float | None = None
     connect: Callable[[SessionHandle], AbstractAsyncContextManager[Any]] | None = None
+    redact: Callable[[str], str] | None = None
 
 
 class SessionHandle:
@@ -294,7 +297,7 @@ class SessionSupervisor:
         self._last_start = (started_at, spec.session_id)
         self.metrics.session_started()
         self._attribution.started(spec.session_id)
-        with session_context(spec.session_id):
+        with session_context(spec.session_id), redacting(spec.redact):
             logger.opt(lazy=True).info(
                 "Starting bot session with metadata: {}", lambda: self._metadata(spec)
             )
@@ -318,7 +321,7 @@ class SessionSupervisor:
             except ConnectionNeverArrived as exc:
                 handle.failure = exc
             except Exception as exc:  # our own failure to start the task; the server lives on
-                logger.opt(exception=exc).error(f"Exception running bot(): {exc}")
+                logger.opt(exception=exc).error(f"Exception running bot(): {_describe(exc)}")
             finally:
                 handle.outcome = self._conclude(handle, task, outside_cancel)
                 # Shielded (a cancelled session still takes back what it owns), and only when
@@ -405,7 +408,7 @@ class SessionSupervisor:
             return
         exc = task.exception()
         if exc is not None:
-            logger.opt(exception=exc).error(f"Exception running bot(): {exc}")
+            logger.opt(exception=exc).error(f"Exception running bot(): {_describe(exc)}")
 
     def _metadata(self, spec: SessionSpec) -> str:
         return json.dumps({"session_id": spec.session_id, "image_version": self._image_version})
@@ -419,3 +422,11 @@ class SessionSupervisor:
         self._sessions.discard(handle)
         if not self._sessions:
             self._idle.set()
+
+
+def _describe(exc: BaseException) -> str:
+    # A bot's exception may fail to turn itself into text; the session still ends cleanly.
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} that could not be shown>"

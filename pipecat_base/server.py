@@ -46,7 +46,7 @@ from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
 from .capabilities import build_document
 from .config import Settings
-from .features import CAPABILITIES, WEBRTC, WHATSAPP, Feature, enabled
+from .features import CAPABILITIES, MOQ, WEBRTC, WHATSAPP, Feature, enabled, unavailable
 from .features import detect as detect_features
 from .loader import BotModule
 from .memory import parse_switch
@@ -166,6 +166,7 @@ class Server:
                 stall_stats=lambda: self.watchdog.stats,  # type: ignore[union-attr]
                 webrtc=webrtc,
                 whatsapp=whatsapp,
+                moq_unavailable=unavailable(self.features, MOQ),
             )
             async with trio.open_nursery() as control:
                 await control.start(self.watchdog.heartbeat)

@@ -71,7 +71,7 @@ def _session_types() -> tuple[type, type, type]:
     return PipecatSessionArguments, DailySessionArguments, WebSocketSessionArguments
 
 
-def _build(cls: type, *, body: Any, **fields: Any) -> Any:
+def build(cls: type, *, body: Any, **fields: Any) -> Any:
     # Older session types did not take `body` in their constructor; setting it afterwards keeps
     # `args.body` readable on every version (the existing image learnt this the hard way).
     init_fields = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -92,14 +92,14 @@ def http_session_args(
     """Arguments for a ``POST /bot`` session: Daily when room URL and token are both given."""
     pipecat_cls, daily_cls, _ = _session_types()
     if room_url and token:
-        return _build(daily_cls, body=body, session_id=session_id, room_url=room_url, token=token)
-    return _build(pipecat_cls, body=body, session_id=session_id)
+        return build(daily_cls, body=body, session_id=session_id, room_url=room_url, token=token)
+    return build(pipecat_cls, body=body, session_id=session_id)
 
 
 def websocket_session_args(session_id: str | None, body: Any, websocket: Any) -> Any:
     """Arguments for a ``WS /ws`` session, carrying a Starlette WebSocket."""
     _, _, ws_cls = _session_types()
-    return _build(ws_cls, body=body, session_id=session_id, websocket=websocket)
+    return build(ws_cls, body=body, session_id=session_id, websocket=websocket)
 
 
 @functools.cache
@@ -122,4 +122,4 @@ def webrtc_session_args(session_id: str | None, body: Any, connection: Any) -> A
         raise RuntimeError(
             "SmallWebRTC sessions need pipecatcloud.agent.SmallWebRTCSessionArguments"
         )
-    return _build(cls, body=body, session_id=session_id, webrtc_connection=connection)
+    return build(cls, body=body, session_id=session_id, webrtc_connection=connection)

@@ -112,14 +112,14 @@ async def test_fallback_types_have_the_same_shape_without_pipecat():
     from pipecat_base.session_args import (
         FallbackDailySessionArguments,
         FallbackPipecatSessionArguments,
-        _build,
+        build,
     )
 
-    daily = _build(
+    daily = build(
         FallbackDailySessionArguments, body={"a": 1}, session_id="s", room_url="u", token="t"
     )
     assert (daily.session_id, daily.body, daily.room_url, daily.token) == ("s", {"a": 1}, "u", "t")
-    plain = _build(FallbackPipecatSessionArguments, body=None, session_id=None)
+    plain = build(FallbackPipecatSessionArguments, body=None, session_id=None)
     assert (plain.handle_sigint, plain.handle_sigterm, plain.flow_config) == (False, False, None)
 
 

@@ -30,6 +30,8 @@ def test_document_for_the_installed_packages():
                 "available": False,
                 "reason": "No module named 'aiortc' (needs pipecat-ai with the webrtc extra)",
             },
+            "transport.moq": {"available": True} if PIPECAT else {
+                "available": False, "reason": "pipecat-ai is not installed"},
             "whatsapp": {
                 "available": False,
                 "reason": "Missing environment variables: WHATSAPP_TOKEN, "
