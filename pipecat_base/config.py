@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
     whatsapp_phone_number_id: str | None = Field(None, validation_alias="WHATSAPP_PHONE_NUMBER_ID")
     whatsapp_app_secret: SecretStr | None = Field(None, validation_alias="WHATSAPP_APP_SECRET")
     whatsapp_graph_api_url: str | None = Field(None, validation_alias="WHATSAPP_GRAPH_API_URL")
+    # Event publishing (`events`).
+    event_publisher_endpoint: str | None = Field(
+        None, validation_alias="PIPECAT_EVENT_PUBLISHER_ENDPOINT"
+    )
+    exclude_content: bool = Field(False, validation_alias="PCC_EXCLUDE_CONTENT")
 
     @field_validator(
         "shutdown_timeout",
@@ -86,6 +92,22 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("event_publisher_endpoint")
+    @classmethod
+    def _full_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        split = urlsplit(value.strip())
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise ValueError("must be a full http:// or https:// URL, route included")
+        return value.strip()
+
+    @field_validator("exclude_content", mode="before")
+    @classmethod
+    def _any_but_false(cls, value: object) -> bool:
+        # Any value but empty or "false" excludes content, so a typo errs on the side of privacy.
+        return str(value).strip().lower() not in ("", "false")
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import importlib.metadata
 import json
+import platform
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
@@ -30,8 +33,10 @@ from typing import Any
 import trio
 from loguru import logger
 
+from . import events
 from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, wait_task
+from .events import EventPublisher
 from .logs import redacting, session_context
 from .memory import release_memory
 from .metrics import Metrics
@@ -151,6 +156,7 @@ class SessionSupervisor:
             a session when no other session is running (`memory`).
         metrics: Where session events are counted (`metrics`); a private one when omitted.
         attribution: Told when sessions start and end, for captured output (`attribution`).
+        publisher: Where sessions' events go (`events`); None publishes nothing.
     """
 
     def __init__(
@@ -165,8 +171,10 @@ class SessionSupervisor:
         release_session_memory: bool = True,
         metrics: Metrics | None = None,
         attribution: Attribution | None = None,
+        publisher: EventPublisher | None = None,
     ) -> None:
         self._nursery = nursery
+        self._publisher = publisher
         self._loop = loop
         self._bot = bot
         self._image_version = image_version
@@ -299,22 +307,31 @@ class SessionSupervisor:
         self._attribution.started(spec.session_id)
         with session_context(spec.session_id), redacting(spec.redact):
             logger.opt(lazy=True).info(
-                "Starting bot session with metadata: {}", lambda: self._metadata(spec)
+                "Starting bot session with metadata: {}",
+                lambda: self._metadata(spec, starting=True),
             )
             task: asyncio.Task[Any] | None = None
             tasks = SessionTasks(spec.session_id)
             outside_cancel = False
             connect = spec.connect or (lambda _handle: nullcontext(spec.args))
+            publishing = (
+                self._publisher.session(spec.session_id, self._nursery)
+                if self._publisher is not None
+                else nullcontext()
+            )
             try:
                 task_status.started(handle)
-                with handle._scope:
-                    async with connect(handle) as args:
-                        # Created inside the session's log context and task ownership: the
-                        # task copies both, so the asyncio side logs with this session's id
-                        # and every task it creates is known to belong to this session.
-                        with tasks.owning():
-                            task = self._loop.create_task(self._bot(args))
-                        await wait_task(task, cancel_grace=self._cancel_grace)
+                async with publishing:
+                    with handle._scope:
+                        async with connect(handle) as args:
+                            # Created inside the session's log context, task ownership and
+                            # outbox: the task copies all three, so the asyncio side logs with
+                            # this session's id, every task it creates is known to belong to
+                            # this session, and what its observers publish is this session's.
+                            with tasks.owning():
+                                task = self._loop.create_task(self._bot(args))
+                            events.publish("session_info", self.runtime_info)
+                            await wait_task(task, cancel_grace=self._cancel_grace)
             except trio.Cancelled:
                 outside_cancel = True  # the whole supervisor is being torn down
                 raise
@@ -410,8 +427,20 @@ class SessionSupervisor:
         if exc is not None:
             logger.opt(exception=exc).error(f"Exception running bot(): {_describe(exc)}")
 
-    def _metadata(self, spec: SessionSpec) -> str:
-        return json.dumps({"session_id": spec.session_id, "image_version": self._image_version})
+    @functools.cached_property
+    def runtime_info(self) -> dict[str, str]:
+        """What this process runs on: ``session_info``'s properties, in every start line."""
+        return {
+            "pipecat_version": _version("pipecat-ai"),
+            "python_version": platform.python_version(),
+            "image_version": self._image_version,
+            "arch": platform.machine(),
+        }
+
+    def _metadata(self, spec: SessionSpec, *, starting: bool = False) -> str:
+        metadata: dict[str, str | None] = {"session_id": spec.session_id}
+        metadata.update(self.runtime_info if starting else {"image_version": self._image_version})
+        return json.dumps(metadata)
 
     def _register(self, handle: SessionHandle) -> None:
         if not self._sessions and self._idle.is_set():
@@ -430,3 +459,10 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     except Exception:
         return f"<{type(exc).__name__} that could not be shown>"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -46,6 +46,7 @@ from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
 from .capabilities import build_document
 from .config import Settings
+from .events import EventPublisher
 from .features import CAPABILITIES, MOQ, WEBRTC, WHATSAPP, Feature, enabled, unavailable
 from .features import detect as detect_features
 from .loader import BotModule
@@ -100,6 +101,18 @@ class Server:
         self._forced = False
         self._shutdown_deadline: float | None = None
 
+    @asynccontextmanager
+    async def _open_publisher(self) -> AsyncIterator[EventPublisher | None]:
+        """The event publisher's one HTTP client, when ``PIPECAT_EVENT_PUBLISHER_ENDPOINT`` is
+        set; it outlives the session nursery, so every session's last events can go out."""
+        endpoint = self.settings.event_publisher_endpoint
+        if endpoint is None:
+            yield None
+            return
+        include_content = not self.settings.exclude_content
+        async with EventPublisher.open(endpoint, include_content=include_content) as publisher:
+            yield publisher
+
     def request_shutdown(self) -> None:
         """Begin the shutdown sequence; a second call cancels running sessions at once."""
         if not self._shutdown_requested.is_set():
@@ -134,6 +147,7 @@ class Server:
             open_bridge_loop() as loop,
             self._user_app_lifespan(loop, user_app),
             self._open_transports(loop) as (webrtc, whatsapp),
+            self._open_publisher() as publisher,
             trio.open_nursery() as session_nursery,
         ):
             release_memory, memory_error = parse_switch(settings.release_session_memory)
@@ -148,6 +162,7 @@ class Server:
                 max_sessions=settings.max_sessions,
                 release_session_memory=release_memory,
                 attribution=self._attribution,
+                publisher=publisher,
             )
             self.watchdog = LoopWatchdog(
                 loop,

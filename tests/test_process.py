@@ -44,7 +44,8 @@ async def test_sigterm_while_idle_exits_0_fast_and_signals_the_token_refresher(t
 CONSOLE_LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| INFO     \| "
     r"pipecat_base\.nursery:_run:\d+ \| fmt-1 - Starting bot session with metadata: "
-    r'\{"session_id": "fmt-1", "image_version": "9\.9\.9"\}$',
+    r'\{"session_id": "fmt-1", "pipecat_version": "[^"]+", "python_version": "[\d.]+", '
+    r'"image_version": "9\.9\.9", "arch": "[^"]+"\}$',
     re.MULTILINE,
 )
 

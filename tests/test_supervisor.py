@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.metadata
+import platform
 from typing import Any
 
 import pytest
@@ -17,6 +19,8 @@ import trio
 from pipecat_base.bridge import SECOND_CANCEL_WINDOW
 from pipecat_base.health import readiness
 from pipecat_base.nursery import AtCapacity, Draining, Outcome, SessionSpec
+
+from .conftest import PIPECAT
 
 FOREVER = 10_000.0
 
@@ -82,8 +86,13 @@ async def test_start_stop_pair_logged_once_with_session_id(autojump_clock, make_
     sup = make_supervisor(bot, image_version="1.2.3")
     await (await sup.start(SessionSpec("abc", args=None))).wait()
     meta = '{"session_id": "abc", "image_version": "1.2.3"}'
+    pipecat = importlib.metadata.version("pipecat-ai") if PIPECAT else "unknown"
+    runtime = (
+        f'"pipecat_version": "{pipecat}", "python_version": "{platform.python_version()}", '
+        f'"image_version": "1.2.3", "arch": "{platform.machine()}"'
+    )
     assert logs.having("Starting bot session") == [
-        ("INFO", "abc", f"Starting bot session with metadata: {meta}")
+        ("INFO", "abc", f'Starting bot session with metadata: {{"session_id": "abc", {runtime}}}')
     ]
     assert logs.having("Stopping bot session") == [
         ("INFO", "abc", f"Stopping bot session with metadata: {meta}")
