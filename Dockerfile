@@ -6,8 +6,13 @@
 # `pip install -r requirements.txt`); at startup the server puts that environment first on
 # sys.path (pipecat_base/bot_env.py), so an agent's sync, which removes whatever its lock does
 # not list, can never uninstall the server.
+#
+# BASE_IMAGE is any Debian-based image with Python and uv on PATH: the uv image by default (what
+# the publish workflow builds on); scripts/test-image builds on a local Debian rootfs instead,
+# since upstream images cannot be pulled there.
 ARG PYTHON_VERSION=3.12
-FROM ghcr.io/astral-sh/uv:python${PYTHON_VERSION}-bookworm-slim
+ARG BASE_IMAGE=ghcr.io/astral-sh/uv:python${PYTHON_VERSION}-bookworm-slim
+FROM ${BASE_IMAGE}
 
 # Run-time libraries voice agents need (resampling, BLAS for numpy/onnx, OpenCV's GL and
 # GLib), and tini, so Python is not PID 1. Versions are not pinned on purpose: a rebuild of the
@@ -15,19 +20,23 @@ FROM ghcr.io/astral-sh/uv:python${PYTHON_VERSION}-bookworm-slim
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        libopenblas-dev libresample1 libresample-dev libgl1 libglib2.0-0 tini \
+        ca-certificates libopenblas-dev libresample1 libresample-dev libgl1 libglib2.0-0 tini \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
 
+# SSL_CERT_FILE: uv (and the agent's builds FROM this image) trust the OS store instead of uv's
+# built-in roots, so a CA added to the image, or a build host's bundle mounted over it (a
+# corporate proxy; scripts/test-image), is honoured.
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
-    UV_PYTHON_DOWNLOADS=never
+    UV_PYTHON_DOWNLOADS=never \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 
 # The runtime: dependencies first (cached while only our code changes), then the project.
 WORKDIR /opt/pipecat-base
 RUN --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=uv.lock,target=uv.lock \
-    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=/opt/pipecat-base/uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=/opt/pipecat-base/pyproject.toml \
     UV_PROJECT_ENVIRONMENT=/opt/pipecat-base/.venv \
     uv sync --locked --no-install-project --no-dev
 COPY pyproject.toml uv.lock README.md ./

@@ -48,8 +48,11 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_dockerfile_states_the_rules_the_image_depends_on():
-    assert instruction("ARG")[0] == "PYTHON_VERSION=3.12"
-    assert instruction("FROM") == ["ghcr.io/astral-sh/uv:python${PYTHON_VERSION}-bookworm-slim"]
+    assert instruction("ARG")[:2] == [
+        "PYTHON_VERSION=3.12",
+        "BASE_IMAGE=ghcr.io/astral-sh/uv:python${PYTHON_VERSION}-bookworm-slim",
+    ]
+    assert instruction("FROM") == ["${BASE_IMAGE}"]
     assert json.loads(instruction("ENTRYPOINT")[0]) == ["/usr/bin/tini", "-e", "143", "--"]
     (cmd,) = instruction("CMD")
     assert json.loads(cmd)[:2] == ["sh", "-c"]
@@ -59,11 +62,12 @@ def test_dockerfile_states_the_rules_the_image_depends_on():
     runs = " ".join(instruction("RUN"))
     assert "uv sync --locked --no-install-project --no-dev" in runs
     assert "--mount=type=cache,target=/root/.cache/uv" in runs
-    assert "--mount=type=bind,source=uv.lock,target=uv.lock" in runs
-    assert "--mount=type=bind,source=pyproject.toml,target=pyproject.toml" in runs
+    assert "--mount=type=bind,source=uv.lock,target=/opt/pipecat-base/uv.lock" in runs
+    assert "--mount=type=bind,source=pyproject.toml,target=/opt/pipecat-base/pyproject.toml" in runs
     assert "tini" in runs
     envs = " ".join(instruction("ENV"))
     assert "UV_COMPILE_BYTECODE=1" in envs
+    assert "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" in envs
     assert 'PATH="/app/.venv/bin:/opt/pipecat-base/.venv/bin:$PATH"' in envs
     assert "PIPECAT_BOT_VENV=/app/.venv" in envs
     assert "IMAGE_VERSION=${VERSION}" in envs
