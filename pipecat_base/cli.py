@@ -29,6 +29,12 @@ EXIT_BOT = 1
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["cloud"]:  # the local platform emulator: it runs no bot itself
+        from . import emulator
+
+        return emulator.main(args[1:])
+
     from .early_sigterm import EarlySigtermGuard
 
     guard = EarlySigtermGuard.install()
@@ -47,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipecat-base", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a bot module on PORT (default 8080)")
+    sub.add_parser("cloud", help="a local Pipecat Cloud emulator (pipecat-base cloud --help)")
     serve.add_argument(
         "bot",
         nargs="?",
