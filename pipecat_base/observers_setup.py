@@ -24,9 +24,10 @@ and a no-op ``setup_worker_runner``, without which pipecat >= 1.3 warns on every
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from loguru import logger
@@ -87,10 +88,7 @@ async def setup_pipeline_worker(worker: Any) -> None:
     for attach in (
         _startup_timing,
         _user_bot_latency,
-        _service_metrics,
-        _speaking,
-        _function_calls,
-        _errors,
+        *(_record_observer(*entry) for entry in RECORD_OBSERVERS),
     ):
         try:
             observer = attach()
@@ -159,56 +157,38 @@ def _user_bot_latency() -> Any:
     return latency
 
 
-def _service_metrics() -> Any:
-    from pipecat.observers.service_metrics_observer import ServiceMetricsObserver
-
-    metrics = ServiceMetricsObserver()
-
-    @metrics.event_handler("on_service_latency")
-    async def on_service_latency(observer: Any, record: Any) -> None:
-        publish_record("service_latency", record)
-
-    @metrics.event_handler("on_service_usage")
-    async def on_service_usage(observer: Any, record: Any) -> None:
-        publish_record("service_usage", record)
-
-    return metrics
-
-
-def _speaking() -> Any:
-    from pipecat.observers.speaking_observer import SpeakingObserver
-
-    speaking = SpeakingObserver()
-
-    @speaking.event_handler("on_speech_event")
-    async def on_speech_event(observer: Any, event: Any) -> None:
-        publish_record("speech_event", event)
-
-    return speaking
+# Observers whose records are published as they are (allow-listed): module, class, options,
+# and which event handler publishes which event.
+RECORD_OBSERVERS: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+    ("pipecat.observers.service_metrics_observer", "ServiceMetricsObserver", {},
+     {"on_service_latency": "service_latency", "on_service_usage": "service_usage"}),
+    ("pipecat.observers.speaking_observer", "SpeakingObserver", {},
+     {"on_speech_event": "speech_event"}),
+    # Without arguments and results at the source, not only filtered out of the record.
+    ("pipecat.observers.function_call_observer", "FunctionCallObserver",
+     {"include_arguments": False, "include_results": False},
+     {"on_function_call_event": "function_call_event"}),
+    ("pipecat.observers.error_observer", "ErrorObserver", {}, {"on_error": "error"}),
+]  # fmt: skip
 
 
-def _function_calls() -> Any:
-    from pipecat.observers.function_call_observer import FunctionCallObserver
+def _record_observer(
+    module: str, name: str, options: dict[str, Any], published: dict[str, str]
+) -> Callable[[], Any]:
+    def attach() -> Any:
+        observer = getattr(importlib.import_module(module), name)(**options)
+        for handler, event_name in published.items():
+            observer.add_event_handler(handler, _publisher(event_name))
+        return observer
 
-    calls = FunctionCallObserver(include_arguments=False, include_results=False)
-
-    @calls.event_handler("on_function_call_event")
-    async def on_function_call_event(observer: Any, event: Any) -> None:
-        publish_record("function_call_event", event)
-
-    return calls
+    return attach
 
 
-def _errors() -> Any:
-    from pipecat.observers.error_observer import ErrorObserver
+def _publisher(event_name: str) -> Callable[[Any, Any], Awaitable[None]]:
+    async def handler(observer: Any, record: Any) -> None:
+        publish_record(event_name, record)
 
-    errors = ErrorObserver()
-
-    @errors.event_handler("on_error")
-    async def on_error(observer: Any, event: Any) -> None:
-        publish_record("error", event)
-
-    return errors
+    return handler
 
 
 def _transcripts(pipeline: Any) -> None:

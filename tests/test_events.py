@@ -455,3 +455,50 @@ async def test_a_real_server_publishes_a_pipeline_sessions_events_to_a_local_rec
     timing = next(r for r in accepted if r["event_name"] == "startup_timing")
     assert set(timing["event_properties"]) >= {"start_time", "total_duration_secs"}
     assert "Event publish" not in server.text
+
+
+@needs_pipecat
+async def test_every_observer_is_attached_and_its_handlers_publish(
+    autojump_clock, make_supervisor, publisher, receiver
+):
+    from pipecat.observers.error_observer import ErrorEvent
+    from pipecat.observers.speaking_observer import SpeechEvent
+    from pipecat.utils.errors import ErrorCategory
+
+    from pipecat_base.observers_setup import setup_pipeline_worker
+
+    class Worker:  # what setup_pipeline_worker uses of pipecat's PipelineWorker
+        pipeline = None
+
+        def __init__(self) -> None:
+            self.observers: list[Any] = []
+
+        def add_observer(self, observer: Any) -> None:
+            self.observers.append(observer)
+
+    async def bot(args: Any) -> None:
+        worker = Worker()
+        await setup_pipeline_worker(worker)
+        by_type = {type(o).__name__: o for o in worker.observers}
+        assert set(by_type) == {
+            "StartupTimingObserver", "UserBotLatencyObserver", "ServiceMetricsObserver",
+            "SpeakingObserver", "FunctionCallObserver", "ErrorObserver",
+        }  # fmt: skip
+        speech = SpeechEvent(
+            kind=next(iter(SpeechEvent.model_fields["kind"].annotation)), timestamp=1.0
+        )
+        await by_type["SpeakingObserver"]._call_event_handler("on_speech_event", speech)
+        error = ErrorEvent(
+            message="m", category=next(iter(ErrorCategory)), processor="p",
+            processor_usable=False, timestamp=2.0,
+        )  # fmt: skip
+        await by_type["ErrorObserver"]._call_event_handler("on_error", error)
+        await by_type["UserBotLatencyObserver"]._call_event_handler("on_latency_measured", 0.25)
+        await asyncio.sleep(1)
+
+    sup = make_supervisor(bot, publisher=publisher)
+    await (await sup.start(SessionSpec("s", args=None))).wait()
+    assert receiver.names()[1:] == ["speech_event", "error", "user_bot_latency"]
+    latency = receiver.accepted[3]["event_properties"]
+    assert latency["latency_secs"] == 0.25
+    assert set(latency) == {"latency_secs", "timestamp"}
