@@ -205,7 +205,7 @@ class EventPublisher:
                 self.endpoint, content=envelope, headers={"Content-Type": "application/json"}
             )
         except Exception as exc:  # whatever the network does, the session goes on
-            return f"Event publish error: {exc!r}"
+            return f"Event publish error: {str(exc) or type(exc).__name__}"
         if response.status_code >= 400:
             return f"Event publish failed: {response.status_code}"
         return None

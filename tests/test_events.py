@@ -232,7 +232,7 @@ async def test_unreachable_publisher_errors_are_logged_and_the_session_goes_on(
         sup = make_supervisor(publishing_bot("a"), publisher=publisher)
         handle = await sup.start(SessionSpec("s", args=None))
         assert (await handle.wait()).value == "completed"
-    assert len(logs.having("Event publish error: ConnectError('connection refused')")) == 2
+    assert len(logs.having("Event publish error: connection refused")) == 2
 
 
 async def test_a_hung_publisher_never_holds_the_bot_and_its_flush_is_bounded(

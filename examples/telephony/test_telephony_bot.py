@@ -8,7 +8,10 @@ virtual. See ``examples/hello/test_hello_bot.py`` for how the kit is enabled.
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
+
+pytest.importorskip("pipecat", reason="the bot is a pipecat pipeline (pipecat-ai needs 3.11+)")
 
 BOT = Path(__file__).with_name("bot.py")
 GOING_AWAY = 1001
