@@ -8,9 +8,10 @@ process on a free port) and, in front of it, the two platform APIs a bot's clien
   ``X-Daily-Session-Id``, ``X-PCC-Max-Session-Seconds`` (``--max-session-seconds``),
   ``X-Daily-Transport-Type`` and the body. It answers ``{"sessionId": ...}`` at once; the
   ``/bot`` request stays open until the bot ends, as on the platform.
-* ``/v1/public/{agent}/sessions/{session_id}/{path}`` (any method) -- the Session API: the
-  request goes to the server's ``/{path}`` with ``x-daily-session-id`` added, and the
-  server's answer comes back (``/api/offer`` for SmallWebRTC, the bot's own routes).
+* ``/v1/public/{agent}/sessions/{session_id}/{path}`` (any method, and WebSocket) -- the
+  Session API: the request goes to the server's ``/{path}`` with ``x-daily-session-id`` added,
+  and the server's answer comes back (``/api/offer`` for SmallWebRTC, the bot's own routes);
+  a WebSocket is relayed message for message both ways.
 * ``GET /v1/emulator/sessions`` -- the sessions started here and how their ``/bot`` ended;
   ``GET /v1/emulator/sessions/{id}?wait=ended`` answers once that one has ended.
 * ``POST /v1/emulator/drain`` (or ``pipecat-base cloud drain``, or Ctrl-C) -- what a scale-down
@@ -39,8 +40,9 @@ from typing import Any
 
 import httpx
 import trio
-from quart import Response, request
+from quart import Response, request, websocket
 from quart_trio import QuartTrio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 READY = re.compile(rb"Serving bot \S+ on (http://[\d.:\[\]a-z]+)")
 # Headers the proxy does not forward: hop-by-hop ones, and those the client recomputes.
@@ -203,6 +205,22 @@ def create_emulator_app(
         out_headers.pop("content-encoding", None)  # httpx has decoded the body
         return Response(answer.content, status=answer.status_code, headers=out_headers)
 
+    @app.websocket("/v1/public/<name>/sessions/<session_id>/<path:rest>")
+    async def session_api_websocket(name: str, session_id: str, rest: str) -> Any:
+        if (refusal := unknown_agent(name)) is not None:
+            return refusal  # before accepting: an HTTP answer
+        query = websocket.query_string.decode()
+        target = server_url.replace("http", "ws", 1) + f"/{rest}" + (f"?{query}" if query else "")
+        try:
+            async with open_websocket_url(
+                target, extra_headers=[("x-daily-session-id", session_id)]
+            ) as upstream:
+                await websocket.accept()
+                await _relay(upstream)
+        except (HandshakeError, OSError) as exc:
+            return _error(f"the server did not take the WebSocket: {exc}", 502)
+        return None
+
     @app.get("/v1/emulator/sessions")
     async def list_sessions() -> Any:
         return {s.session_id: s.report() for s in sessions.values()}
@@ -224,6 +242,26 @@ def create_emulator_app(
         return {"exit_code": code, "seconds": round(seconds, 3)}
 
     return app
+
+
+async def _relay(upstream: Any) -> None:
+    """Messages both ways between the client's socket and the server's, until either closes."""
+    async with trio.open_nursery() as nursery:
+
+        async def down() -> None:
+            try:
+                while True:
+                    await websocket.send(await upstream.get_message())
+            except ConnectionClosed:
+                pass
+            nursery.cancel_scope.cancel()
+
+        async def up() -> None:
+            while True:
+                await upstream.send_message(await websocket.receive())
+
+        nursery.start_soon(down)
+        nursery.start_soon(up)
 
 
 def _error(message: str, status: int) -> tuple[Response, int]:

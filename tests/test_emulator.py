@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import Any
 
 import httpx
 import pytest
 import trio
+from quart.testing import WebsocketResponseError
+from trio_websocket import open_websocket_url
 
 from .conftest import needs_pipecat
 from .process import BOTS, server_process
@@ -47,6 +50,10 @@ async def test_start_session_api_budget_and_drain_through_the_emulator():
             assert state.json() == {
                 "session_id": first, "running": True, "body": {"lang": "fr"}, "query": {"k": "v"}
             }  # fmt: skip
+            ws_url = api.replace("http://", "ws://") + f"/sessions/{first}/talk"
+            async with open_websocket_url(ws_url) as ws:
+                await ws.send_message("hello")
+                assert await ws.get_message() == f"{first} heard hello"
             finished = await client.post(
                 f"{api}/sessions/{first}/finish", json={"reason": "test done"}
             )
@@ -81,6 +88,18 @@ async def test_start_session_api_budget_and_drain_through_the_emulator():
     assert "Server exited with code 0" in text
 
 
+async def refused_status(test_client: Any, path: str) -> int:
+    """The HTTP status a WebSocket handshake was answered with instead of being accepted."""
+    with pytest.raises(Exception) as raised:  # noqa: PT011 (unwrapped below)
+        async with test_client.websocket(path) as ws:
+            await ws.receive()
+    exc = raised.value
+    while getattr(exc, "exceptions", None):  # the test client's nursery wraps it
+        exc = exc.exceptions[0]
+    assert isinstance(exc, WebsocketResponseError), repr(exc)
+    return exc.response.status_code
+
+
 async def test_drain_command_reports_a_server_it_cannot_drain():
     from pipecat_base.emulator import create_emulator_app
 
@@ -94,4 +113,7 @@ async def test_drain_command_reports_a_server_it_cannot_drain():
         proxied = await test_client.get("/v1/public/a/sessions/s1/state")
         assert proxied.status_code == 502  # nothing listens on port 9
         assert "the server did not answer" in (await proxied.get_json())["error"]
+        for path, status in (("/v1/public/other/sessions/s1/talk", 404),
+                             ("/v1/public/a/sessions/s1/talk", 502)):  # fmt: skip
+            assert await refused_status(test_client, path) == status
         nursery.cancel_scope.cancel()

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from fastapi import Request
+from fastapi import Request, WebSocket
 from loguru import logger
 
 from pipecatcloud_system import app
@@ -37,3 +37,11 @@ async def finish(request: Request):
     session_id = request.headers.get("x-daily-session-id")
     RUNNING[session_id][0].set()
     return {"finished": session_id, "said": await request.json()}
+
+
+@app.websocket("/talk")
+async def talk(websocket: WebSocket):
+    await websocket.accept()
+    session_id = websocket.headers.get("x-daily-session-id")
+    async for text in websocket.iter_text():
+        await websocket.send_text(f"{session_id} heard {text}")
