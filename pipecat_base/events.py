@@ -23,6 +23,7 @@ queued gets `FLUSH_GRACE` seconds to go out.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -76,6 +77,10 @@ class SessionOutbox:
         self._send, self.receive = trio.open_memory_channel[bytes](OUTBOX_SIZE)
         self.failures = 0
         self.dropped = 0
+        # A bot's threads (asyncio.to_thread copies the session's context) publish too: their
+        # events are handed to the Trio thread, which alone may touch the channel.
+        self._thread = threading.get_ident()
+        self._token = trio.lowlevel.current_trio_token()
 
     def put(self, event_name: str, properties: Mapping[str, Any] | None) -> None:
         try:
@@ -83,6 +88,15 @@ class SessionOutbox:
         except (TypeError, ValueError) as exc:
             logger.warning(f"{PREFIX} Event {event_name} dropped: {exc}")
             return
+        if threading.get_ident() != self._thread:
+            try:
+                self._token.run_sync_soon(self._queue, envelope)
+            except trio.RunFinishedError:
+                pass
+            return
+        self._queue(envelope)
+
+    def _queue(self, envelope: bytes) -> None:
         try:
             self._send.send_nowait(envelope)
         except trio.WouldBlock:

@@ -133,7 +133,7 @@ def test_envelopes_outside_the_limits_are_refused(session_id, name, properties, 
         envelope_for("s", "e", {"object": object()})
 
 
-def test_a_record_that_does_not_serialise_is_dropped_with_a_warning(logs):
+async def test_a_record_that_does_not_serialise_is_dropped_with_a_warning(logs):
     outbox = events.SessionOutbox("s")
     outbox.put("error", {"bad": object()})
     (warning,) = logs.having("Event error dropped")
@@ -159,6 +159,19 @@ async def test_a_session_publishes_session_info_then_its_events_in_order(
         "arch": platform.machine(),
     }
     assert receiver.rejected == []
+
+
+async def test_events_published_from_a_bots_thread_arrive(
+    autojump_clock, make_supervisor, publisher, receiver
+):
+    async def bot(args: Any) -> None:
+        # asyncio.to_thread runs in the session's context, off the Trio thread.
+        await asyncio.to_thread(events.publish, "from_thread", {"n": 1})
+        await asyncio.sleep(1)
+
+    sup = make_supervisor(bot, publisher=publisher)
+    await (await sup.start(SessionSpec("s", args=None))).wait()
+    assert receiver.names() == ["session_info", "from_thread"]
 
 
 async def test_each_session_reports_itself(autojump_clock, make_supervisor, publisher, receiver):
