@@ -51,6 +51,11 @@ def _named(distribution: str, version: str | None) -> str:
     return f"{distribution} {version}" if version else distribution
 
 
+def installed_name(distribution: str) -> str:
+    """``"pipecat-ai 1.14.0"``, or the bare name when it is not installed (for messages)."""
+    return _named(distribution, installed_version(distribution))
+
+
 def _detail(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 3] + "..."

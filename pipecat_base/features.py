@@ -37,7 +37,7 @@ def _observers(find_spec: Callable[[str], Any]) -> Feature:
         "pipecat.observers.startup_timing_observer",
         "pipecat.observers.user_bot_latency_observer",
     ):
-        if not _found(find_spec, module):
+        if not module_found(find_spec, module):
             return Feature(OBSERVERS, False, f"No module named '{module}' (pipecat-ai < 0.0.104)")
     return Feature(OBSERVERS, True)
 
@@ -53,7 +53,8 @@ WHATSAPP_SETTINGS = {
 }
 
 
-def _found(find_spec: Callable[[str], Any], module: str) -> bool:
+def module_found(find_spec: Callable[[str], Any], module: str) -> bool:
+    """Whether ``find_spec`` finds ``module`` (False when its parent package is missing)."""
     try:
         return find_spec(module) is not None
     except ModuleNotFoundError:  # its parent package is missing
@@ -62,7 +63,7 @@ def _found(find_spec: Callable[[str], Any], module: str) -> bool:
 
 def _webrtc(find_spec: Callable[[str], Any], webrtc_type: Callable[[], Any]) -> Feature:
     for module in WEBRTC_MODULES:
-        if not _found(find_spec, module):
+        if not module_found(find_spec, module):
             return Feature(
                 WEBRTC,
                 False,
@@ -78,7 +79,7 @@ def _webrtc(find_spec: Callable[[str], Any], webrtc_type: Callable[[], Any]) -> 
 def _whatsapp(find_spec: Callable[[str], Any], webrtc: Feature, settings: Any) -> Feature:
     if not webrtc.available:
         return Feature(WHATSAPP, False, "Requires SmallWebRTC (transport.webrtc) to be enabled")
-    if not _found(find_spec, WHATSAPP_MODULE):
+    if not module_found(find_spec, WHATSAPP_MODULE):
         return Feature(WHATSAPP, False, f"No module named '{WHATSAPP_MODULE}'")
     missing = [env for env, field in WHATSAPP_SETTINGS.items() if not getattr(settings, field)]
     if missing:

@@ -15,15 +15,16 @@ Whether the image can serve MoQ is decided by what works, not by version numbers
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit
 
+from .compat import installed_name
+from .features import module_found
+
 TRANSPORT = "moq"
-CAPABILITY = "transport.moq"
 RELAY_URL_HEADER = "X-Moq-Relay-Url"
 NAMESPACE_HEADER = "X-Moq-Namespace"
 PLACEHOLDER = "<relay URL>"
@@ -93,31 +94,24 @@ def unavailable_reason(find_spec: Callable[[str], Any] = importlib.util.find_spe
         return "pipecat-ai is not installed"
     if not hasattr(runner_types, "MOQRunnerArguments"):
         return (
-            f"pipecat-ai {_version('pipecat-ai')} has no MOQRunnerArguments "
+            f"{installed_name('pipecat-ai')} has no MOQRunnerArguments "
             "(MoQ sessions need pipecat-ai 1.12.0 or newer)"
         )
     if session_type() is None:
         return (
-            f"pipecatcloud {_version('pipecatcloud')} has no MOQSessionArguments "
+            f"{installed_name('pipecatcloud')} has no MOQSessionArguments "
             "(MoQ sessions need pipecatcloud 1.3.0 or newer)"
         )
-    if not _found(find_spec, "moq"):
+    if not module_found(find_spec, "moq"):
         return "No module named 'moq' (needs pipecat-ai's moq extra)"
     return None
-
-
-def _found(find_spec: Callable[[str], Any], module: str) -> bool:
-    try:
-        return find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def startup_warning(
     reason: str | None, find_spec: Callable[[str], Any] = importlib.util.find_spec
 ) -> str | None:
     """The warning for an image that has the ``moq`` extra yet cannot serve MoQ, or None."""
-    if reason is None or not _found(find_spec, "moq"):
+    if reason is None or not module_found(find_spec, "moq"):
         return None
     return (
         f"pipecat-ai's moq extra is installed, but {reason}: "
@@ -176,10 +170,3 @@ def session_args(
         # Raised outside the except block: no chained exception carries the unscrubbed text.
         raise MoqRefused(session_id, f"its session arguments did not build ({failure})")
     return args, secret
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "(unknown version)"

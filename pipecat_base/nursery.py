@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import importlib.metadata
 import json
 import platform
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from loguru import logger
 from . import events
 from .attribution import Attribution
 from .bridge import SECOND_CANCEL_WINDOW, wait_task
+from .compat import installed_version
 from .events import EventPublisher
 from .logs import redacting, session_context
 from .memory import release_memory
@@ -431,7 +431,7 @@ class SessionSupervisor:
     def runtime_info(self) -> dict[str, str]:
         """What this process runs on: ``session_info``'s properties, in every start line."""
         return {
-            "pipecat_version": _version("pipecat-ai"),
+            "pipecat_version": installed_version("pipecat-ai") or "unknown",
             "python_version": platform.python_version(),
             "image_version": self._image_version,
             "arch": platform.machine(),
@@ -459,10 +459,3 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     except Exception:
         return f"<{type(exc).__name__} that could not be shown>"
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
