@@ -74,6 +74,8 @@ class Session:
     started_at: float = 0.0
     ended_at: float | None = None
     outcome: str | None = None
+    # Set at its start line, or when its start was refused (then `_ended` is set too).
+    _started: trio.Event = field(default_factory=trio.Event)
     _ended: trio.Event = field(default_factory=trio.Event)
 
     async def ended(self) -> None:
@@ -229,7 +231,7 @@ class BotRuntime:
                            f"/bot answered {response.status_code}: {await response.get_data()}")
                 )  # fmt: skip
                 session._ended.set()
-                self._poke()
+                session._started.set()
 
         self._nursery.start_soon(post)
         await self._wait_started(session)
@@ -292,8 +294,7 @@ class BotRuntime:
 
     async def _wait_started(self, session: Session) -> None:
         with trio.fail_after(60):
-            while not session.start_lines and not session._ended.is_set():
-                await self._changed.wait()
+            await session._started.wait()
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -311,15 +312,9 @@ class BotRuntime:
         if session is not None:
             if START_LINE in text:
                 session.started_at = trio.current_time()
+                session._started.set()
             elif STOP_LINE in text:
                 session.ended_at = trio.current_time()
-        self._poke()
-
-    def _poke(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    _changed: trio.Event
 
 
 def _on_trio_thread() -> bool:
@@ -377,7 +372,6 @@ async def open_bot_runtime(
     logger.configure(extra={"session_id": NO_SESSION})
     async with open_bridge_loop() as loop, trio.open_nursery() as nursery:
         runtime = BotRuntime(nursery, settings, bot_module)
-        runtime._changed = trio.Event()
         sink = logger.add(runtime._sink, level="TRACE", format="{message}\n{exception}")
         try:
             runtime.supervisor = _outcome_recorder(runtime, SessionSupervisor)(
