@@ -1,7 +1,7 @@
 """Per-callback cost of the asyncio loop bots run on: ``python -m bench.loop_micro [N]``.
 
 Three asyncio patterns pipecat leans on, timed in CPU microseconds per operation, on the
-server's loop (trio-asyncio with `pipecat_base.bridge`'s adaptations) and, in a child process
+server's loop (trio-asyncio with `pipecat_base.bridge.loop`'s adaptations) and, in a child process
 that never imports trio-asyncio (which patches asyncio process-wide), on plain asyncio:
 
 * ``call_soon`` -- a chain of callbacks, each scheduling the next;
@@ -76,7 +76,7 @@ def on_bridge_loop(n: int) -> dict[str, float]:
     """`measure` on the server's trio-asyncio loop."""
     import trio
 
-    from pipecat_base.bridge import open_bridge_loop, run_aio
+    from pipecat_base.bridge.loop import open_bridge_loop, run_aio
 
     async def main() -> dict[str, float]:
         async with open_bridge_loop() as loop:

@@ -1,5 +1,5 @@
 """``python -m pipecat_base serve [BOT]``."""
 
-from .cli import run
+from pipecat_base.cli import run
 
 run()

@@ -31,16 +31,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["cloud"]:  # the local platform emulator: it runs no bot itself
-        from . import emulator
+        from pipecat_base import emulator
 
         return emulator.main(args[1:])
 
-    from .early_sigterm import EarlySigtermGuard
+    from pipecat_base.startup.early_sigterm import EarlySigtermGuard
 
     guard = EarlySigtermGuard.install()
 
     # Before anything that the agent's environment may also provide is imported (see bot_env).
-    from . import bot_env
+    from pipecat_base.startup import bot_env
 
     bot_paths = bot_env.activate(os.environ.get(bot_env.ENV_VAR))
 
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
 
-    from .config import ConfigError, load_settings
+    from pipecat_base.config import ConfigError, load_settings
 
     try:
         overrides = {"bot": options.bot} if options.bot else {}
@@ -72,20 +72,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The structured lane (PCC_LOG_DIR): capture stdout/stderr before the bot module is
     # imported, since bots print at import.
-    from .attribution import Attribution
+    from pipecat_base.observability.attribution import Attribution
 
     attribution = Attribution()
     capture = None
     jsonl = None
     if settings.log_dir:
-        from . import capture as capture_module
-        from .lane import open_jsonl
+        from pipecat_base.observability import capture as capture_module
+        from pipecat_base.observability.lane import open_jsonl
 
         jsonl = open_jsonl(settings.log_dir)
         if jsonl is not None:
             capture = capture_module.install(jsonl, attribution)
 
-    from . import compat
+    from pipecat_base.startup import compat
 
     plain_asyncio = compat.plain_asyncio_mode()
     if not plain_asyncio:
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if refusal:
             compat.refuse(refusal, settings.termination_log_path)
 
-    from .loader import BotLoadError, load_bot
+    from pipecat_base.startup.loader import BotLoadError, load_bot
 
     try:
         bot_module = load_bot(settings.bot)
@@ -112,9 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import trio
     from loguru import logger
 
-    from . import session_args
-    from .logs import configure_logging
-    from .server import Server
+    from pipecat_base.observability.logs import configure_logging
+    from pipecat_base.server import Server
+    from pipecat_base.sessions import args as session_args
 
     types_from = session_args.preload()
     configure_logging(settings.log_level, sink=capture.console if capture else None, jsonl=jsonl)
@@ -130,12 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "plain asyncio bots with pipecat-base's own session arguments"
         )
     logger.info(f"Session arguments from {types_from}")
-    from . import features as features_module
+    from pipecat_base.startup import features as features_module
 
     detected = features_module.detect(settings=settings)
-    if settings.log_features_summary.strip().lower() == "true":
+    if settings.log_features_summary:
         logger.info(features_module.summary(detected))
-    from . import moq
+    from pipecat_base.transports import moq
 
     moq_warning = moq.startup_warning(features_module.unavailable(detected, features_module.MOQ))
     if moq_warning:
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         attribution=attribution,
         features=detected,
     )
-    from .memory import freeze_startup_heap
+    from pipecat_base.sessions.memory import freeze_startup_heap
 
     frozen = freeze_startup_heap()
     logger.debug(f"Froze {frozen} objects alive at startup: collections leave them out")
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def observers_setup_path() -> str:
     """The setup file pipecat loads by path (never imported by the server itself)."""
-    return str(Path(__file__).with_name("observers_setup.py"))
+    return str(Path(__file__).parent / "observability" / "observers_setup.py")
 
 
 def register_setup_file(path: str) -> None:

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipecat_base import _speedups as speedups
+
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -46,7 +48,7 @@ class Settings(BaseSettings):
     termination_log_path: str = Field(
         "/dev/termination-log", validation_alias="PCC_TERMINATION_LOG_PATH"
     )
-    log_features_summary: str = Field("false", validation_alias="PCC_LOG_FEATURES_SUMMARY")
+    log_features_summary: bool = Field(False, validation_alias="PCC_LOG_FEATURES_SUMMARY")
     log_dir: str | None = Field(None, validation_alias="PCC_LOG_DIR")
     session_files_dir: str | None = Field(None, validation_alias="PCC_SESSION_FILES_DIR")
     token_refresher_dir: str = Field(
@@ -71,6 +73,9 @@ class Settings(BaseSettings):
         None, validation_alias="PIPECAT_EVENT_PUBLISHER_ENDPOINT"
     )
     exclude_content: bool = Field(False, validation_alias="PCC_EXCLUDE_CONTENT")
+    # The fast paths into libraries' internals (`pipecat_base._speedups`): all, none, some.
+    # Kept as written; `speedups.install` engages what it selects.
+    speedups: str = Field("1", validation_alias=speedups.ENV_VAR)
 
     @field_validator(
         "shutdown_timeout",
@@ -102,6 +107,18 @@ class Settings(BaseSettings):
         if split.scheme not in ("http", "https") or not split.hostname:
             raise ValueError("must be a full http:// or https:// URL, route included")
         return value.strip()
+
+    @field_validator("log_features_summary", mode="before")
+    @classmethod
+    def _only_true(cls, value: object) -> bool:
+        # As the existing image reads it: "true" in any case turns it on, anything else off.
+        return str(value).strip().lower() == "true"
+
+    @field_validator("speedups", mode="before")
+    @classmethod
+    def _speedup_names(cls, value: object) -> str:
+        speedups.parse(str(value))  # a name that is no speedup fails startup here
+        return str(value)
 
     @field_validator("exclude_content", mode="before")
     @classmethod

@@ -213,7 +213,7 @@ def create_emulator_app(
         target = server_url.replace("http", "ws", 1) + f"/{rest}" + (f"?{query}" if query else "")
         try:
             async with open_websocket_url(
-                target, extra_headers=[("x-daily-session-id", session_id)]
+                target, extra_headers=[(b"x-daily-session-id", session_id.encode())]
             ) as upstream:
                 await websocket.accept()
                 await _relay(upstream)

@@ -24,6 +24,7 @@ import enum
 import functools
 import json
 import platform
+import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
@@ -32,15 +33,18 @@ from typing import Any
 import trio
 from loguru import logger
 
-from . import events
-from .attribution import Attribution
-from .bridge import SECOND_CANCEL_WINDOW, wait_task
-from .compat import installed_version
-from .events import EventPublisher
-from .logs import redacting, session_context
-from .memory import release_memory
-from .metrics import Metrics
-from .session_tasks import SessionTasks, install_task_factory, reap
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+from pipecat_base.bridge.loop import SECOND_CANCEL_WINDOW, wait_task
+from pipecat_base.bridge.session_tasks import SessionTasks, install_task_factory, reap
+from pipecat_base.observability import events
+from pipecat_base.observability.attribution import Attribution
+from pipecat_base.observability.events import EventPublisher
+from pipecat_base.observability.logs import redacting, session_context
+from pipecat_base.observability.metrics import Metrics
+from pipecat_base.sessions.memory import release_memory
+from pipecat_base.startup.compat import installed_version
 
 
 class Outcome(str, enum.Enum):
@@ -64,12 +68,36 @@ class ConnectionNeverArrived(Exception):
     """The session's transport connection did not arrive, or failed to; its bot never ran.
 
     Raised by a `SessionSpec.connect` context manager (already logged there); the session ends
-    with `Outcome.NO_CONNECTION` and the route answers ``status`` with ``str()`` as the detail.
+    with `Outcome.NO_CONNECTION`, and `SessionHandle.failure` tells the route which kind.
     """
 
-    def __init__(self, message: str, *, status: int = 504) -> None:
-        super().__init__(message)
-        self.status = status
+
+class ConnectionTimedOut(ConnectionNeverArrived):
+    """No connection arrived within the transport's wait."""
+
+
+class ConnectionFailed(ConnectionNeverArrived):
+    """The connection arrived broken, or its wait was given up."""
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """What the supervisor tells its listener (`SessionSupervisor`'s ``on_event``).
+
+    Attributes:
+        kind: ``"started"`` as the start line is logged, ``"ended"`` as the stop line is.
+        session_id: The session's id.
+        time: When, on Trio's clock.
+        outcome: How it ended (``ended`` only).
+        leaked: The asyncio tasks it left running, each ``"cancelled <task>"`` or
+            ``"abandoned <task>"`` (``ended`` only; empty when it left none).
+    """
+
+    kind: str
+    session_id: str | None
+    time: float
+    outcome: Outcome | None = None
+    leaked: tuple[str, ...] = ()
 
 
 class Draining(SessionRefused):
@@ -157,6 +185,7 @@ class SessionSupervisor:
         metrics: Where session events are counted (`metrics`); a private one when omitted.
         attribution: Told when sessions start and end, for captured output (`attribution`).
         publisher: Where sessions' events go (`events`); None publishes nothing.
+        on_event: Called (on the Trio thread, never awaited) with each `SessionEvent`.
     """
 
     def __init__(
@@ -172,8 +201,10 @@ class SessionSupervisor:
         metrics: Metrics | None = None,
         attribution: Attribution | None = None,
         publisher: EventPublisher | None = None,
+        on_event: Callable[[SessionEvent], None] | None = None,
     ) -> None:
         self._nursery = nursery
+        self._on_event = on_event
         self._publisher = publisher
         self._loop = loop
         self._bot = bot
@@ -310,6 +341,8 @@ class SessionSupervisor:
                 "Starting bot session with metadata: {}",
                 lambda: self._metadata(spec, starting=True),
             )
+            self._tell(SessionEvent("started", spec.session_id, started_at))
+            leaked: tuple[str, ...] = ()
             task: asyncio.Task[Any] | None = None
             tasks = SessionTasks(spec.session_id)
             outside_cancel = False
@@ -332,13 +365,15 @@ class SessionSupervisor:
                                 task = self._loop.create_task(self._bot(args))
                             events.publish("session_info", self.runtime_info)
                             await wait_task(task, cancel_grace=self._cancel_grace)
-            except trio.Cancelled:
-                outside_cancel = True  # the whole supervisor is being torn down
-                raise
             except ConnectionNeverArrived as exc:
                 handle.failure = exc
             except Exception as exc:  # our own failure to start the task; the server lives on
                 logger.opt(exception=exc).error(f"Exception running bot(): {_describe(exc)}")
+            except BaseException as exc:
+                # The whole supervisor is being torn down. A connection's own nursery (WebRTC)
+                # hands that cancellation on as a group of Cancelled, not a bare one.
+                outside_cancel = _only_cancelled(exc)
+                raise
             finally:
                 handle.outcome = self._conclude(handle, task, outside_cancel)
                 # Shielded (a cancelled session still takes back what it owns), and only when
@@ -346,11 +381,16 @@ class SessionSupervisor:
                 leftovers = tasks.pending(exclude=task)
                 if leftovers:
                     with trio.CancelScope(shield=True):
-                        await self._reap_leftovers(leftovers)
+                        leaked = await self._reap_leftovers(leftovers)
                 self.metrics.session_ended(handle.outcome.value, trio.current_time() - started_at)
                 self._attribution.ended(spec.session_id)
                 logger.opt(lazy=True).info(
                     "Stopping bot session with metadata: {}", lambda: self._metadata(spec)
+                )
+                self._tell(
+                    SessionEvent(
+                        "ended", spec.session_id, trio.current_time(), handle.outcome, leaked
+                    )
                 )
                 self._unregister(handle)
                 if self._release_memory and not self._sessions:
@@ -404,8 +444,13 @@ class SessionSupervisor:
             return  # another session started meanwhile: collecting now would stall it
         logger.debug(str(release_memory()))
 
-    async def _reap_leftovers(self, leftovers: list[asyncio.Task[Any]]) -> None:
-        """Cancel what the session left running; bounded by the cancel grace."""
+    def _tell(self, event: SessionEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+
+    async def _reap_leftovers(self, leftovers: list[asyncio.Task[Any]]) -> tuple[str, ...]:
+        """Cancel what the session left running, bounded by the cancel grace; what became of
+        each task (`SessionEvent.leaked`)."""
         reaped = await reap(leftovers, grace=self._cancel_grace)
         self.metrics.tasks_reaped(len(leftovers))
         parts = []
@@ -417,6 +462,10 @@ class SessionSupervisor:
                 f"{self._cancel_grace:g}s: they ignored cancellation)"
             )
         logger.warning(f"Session left {len(leftovers)} asyncio task(s) running: {'; '.join(parts)}")
+        return tuple(
+            [f"cancelled {task}" for task in reaped.cancelled]
+            + [f"abandoned {task}" for task in reaped.abandoned]
+        )
 
     @staticmethod
     def _log_bot_result(task: asyncio.Task[Any]) -> None:
@@ -451,6 +500,26 @@ class SessionSupervisor:
         self._sessions.discard(handle)
         if not self._sessions:
             self._idle.set()
+
+
+async def stop_unless_ended(handle: SessionHandle, grace: float) -> None:
+    """The client went away: give the bot ``grace`` seconds (``CLIENT_DISCONNECT_GRACE``) to
+    end by itself, then stop it.
+
+    pipecat's transport sees the disconnect and fires ``on_client_disconnected``, where bots end
+    their pipeline; post-call work (transcripts, webhooks) runs then.
+    """
+    with trio.move_on_after(grace):
+        await handle.wait()
+        return
+    handle.stop("client disconnected", Outcome.CLIENT_DISCONNECTED)
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """``exc`` is a cancellation: a ``trio.Cancelled``, or a group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
 
 
 def _describe(exc: BaseException) -> str:

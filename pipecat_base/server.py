@@ -1,12 +1,16 @@
-"""Serving: the asyncio loop, the session nursery, Hypercorn, signals and the shutdown sequence.
+"""Serving: the runtime (`open_runtime`), Hypercorn, signals and the shutdown sequence.
 
-Nesting, outermost first -- each layer outlives what it contains::
+`open_runtime` is the one composition root: the server and the bot authors' test kit
+(`pipecat_base.testing`) both build the runtime through it. Nesting, outermost first -- each
+layer outlives what it contains::
 
-    open_bridge_loop()                    the process' asyncio loop (bots run on it)
-     open_app_lifespan()                  the Session API app's lifespan (pipecatcloud_system)
-      _open_transports()                  SmallWebRTC and WhatsApp, when enabled
-      session nursery                     SessionSupervisor: every session
-        control nursery
+    open_runtime()
+     open_bridge_loop()                   the process' asyncio loop (bots run on it)
+      open_app_lifespan()                 the Session API app's lifespan (pipecatcloud_system)
+       _open_transports()                 SmallWebRTC and WhatsApp, when enabled
+       session nursery                    SessionSupervisor: every session
+        watchdog heartbeat
+        Server.run's control nursery
           signal watcher                  SIGTERM/SIGINT -> request_shutdown()
           shutdown sequence               waits for the request, drains, then stops HTTP
           hypercorn.trio.serve(Dispatcher) our routes, then the bot's Session API app;
@@ -33,37 +37,241 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 from loguru import logger
+from quart_trio import QuartTrio
 
-from . import tcp_server
-from .app import create_app
-from .attribution import Attribution
-from .bridge import SECOND_CANCEL_WINDOW, open_bridge_loop
-from .capabilities import build_document
-from .config import Settings
-from .events import EventPublisher
-from .features import CAPABILITIES, MOQ, WEBRTC, WHATSAPP, Feature, enabled, unavailable
-from .features import detect as detect_features
-from .loader import BotModule
-from .memory import parse_switch
-from .nursery import Outcome, SessionSupervisor
-from .session_api import OWN_PATHS, Dispatcher, open_app_lifespan, shadowed_routes
-from .watchdog import LoopWatchdog
-from .webrtc import OFFER_PATH, SmallWebRTC
-from .whatsapp import WHATSAPP_PATH, WhatsApp
+from pipecat_base import _speedups as speedups
+from pipecat_base.app import create_app
+from pipecat_base.bridge.loop import SECOND_CANCEL_WINDOW, open_bridge_loop
+from pipecat_base.config import Settings
+from pipecat_base.nursery import Outcome, SessionEvent, SessionSupervisor
+from pipecat_base.observability.attribution import Attribution
+from pipecat_base.observability.events import EventPublisher
+from pipecat_base.observability.watchdog import LoopWatchdog
+from pipecat_base.sessions.memory import parse_switch
+from pipecat_base.startup.capabilities import build_document
+from pipecat_base.startup.features import (
+    CAPABILITIES,
+    MOQ,
+    WEBRTC,
+    WHATSAPP,
+    Feature,
+    enabled,
+    unavailable,
+)
+from pipecat_base.startup.features import detect as detect_features
+from pipecat_base.startup.loader import BotModule
+from pipecat_base.transports.session_api import (
+    OWN_PATHS,
+    Dispatcher,
+    open_app_lifespan,
+    shadowed_routes,
+)
+from pipecat_base.transports.webrtc import OFFER_PATH, SmallWebRTC
+from pipecat_base.transports.whatsapp import WHATSAPP_PATH, WhatsApp
 
 # How long Hypercorn lets open connections finish once sessions are over: their responses are
 # ready by then, so this only bounds slow clients.
 HTTP_GRACEFUL_TIMEOUT = 2.0
 
 
+@dataclass
+class Runtime:
+    """One serving lifetime's parts, as `open_runtime` built them."""
+
+    settings: Settings
+    bot_module: BotModule
+    loop: asyncio.AbstractEventLoop
+    supervisor: SessionSupervisor
+    watchdog: LoopWatchdog
+    app: QuartTrio
+    asgi: Dispatcher
+    """What Hypercorn serves: our app's routes, then the bot's Session API app."""
+    features: list[Feature]
+    capabilities: bytes | None
+    """The ``/pcc/capabilities`` document; None when it could not be built."""
+    speedups: frozenset[str]
+    """The speedups engaged."""
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    bot_module: BotModule,
+    *,
+    features: list[Feature] | None = None,
+    attribution: Attribution | None = None,
+    on_event: Callable[[SessionEvent], None] | None = None,
+    shutdown_deadline: Callable[[], float | None] = lambda: None,
+) -> AsyncIterator[Runtime]:
+    """Build everything that serves ``bot_module``, short of sockets and signals.
+
+    Engages the speedups ``settings`` select (`pipecat_base._speedups.install`), then opens
+    the asyncio loop, the Session API app's lifespan, the optional transports, the event
+    publisher, the session nursery with its supervisor, and the loop watchdog's heartbeat.
+    Leaving the block waits for every session (the caller drains first), then closes them in
+    reverse order.
+
+    Args:
+        settings: The parsed settings.
+        bot_module: The loaded bot.
+        features: What the image can serve (`features.detect` when omitted).
+        attribution: Shared with the output capture when the structured lane is on.
+        on_event: Told of every session's start and end (`nursery.SessionEvent`).
+        shutdown_deadline: When the shutdown must be over (Trio time), once one has begun;
+            bounds the Session API app's shutdown.
+    """
+    engaged = speedups.install(settings.speedups)
+    if features is None:
+        features = detect_features(settings=settings)
+    capabilities = None
+    try:
+        capabilities = build_document(f for f in features if f.name in CAPABILITIES)
+    except Exception as exc:  # the server serves without it; the path answers 404
+        logger.warning(f"Not reporting capabilities: {exc}")
+    user_app = load_session_api_app()
+    own_paths = own_paths_for(features)
+    for path in shadowed_routes(user_app, own_paths):
+        logger.warning(
+            f"pipecatcloud_system.app defines {path}, which the server serves itself: the "
+            "server's route answers (for /readyz, define readyz() in the bot module)"
+        )
+
+    def remaining() -> float:
+        # The Session API app's shutdown, bounded by the shutdown deadline (at least half a
+        # second of it).
+        deadline = shutdown_deadline() or trio.current_time()
+        return max(0.5, deadline - trio.current_time())
+
+    async with (
+        open_bridge_loop() as loop,
+        _user_app_lifespan(loop, user_app, remaining),
+        _open_transports(loop, settings, features) as (webrtc, whatsapp),
+        _open_publisher(settings) as publisher,
+        trio.open_nursery() as session_nursery,
+    ):
+        release_memory, memory_error = parse_switch(settings.release_session_memory)
+        if memory_error:
+            logger.error(memory_error)
+        supervisor = SessionSupervisor(
+            session_nursery,
+            loop,
+            bot_module.bot,
+            image_version=settings.image_version,
+            cancel_grace=settings.session_cancel_grace,
+            max_sessions=settings.max_sessions,
+            release_session_memory=release_memory,
+            attribution=attribution,
+            publisher=publisher,
+            on_event=on_event,
+        )
+        watchdog = LoopWatchdog(
+            loop,
+            stall_warning=settings.loop_stall_warning,
+            recent_session=supervisor.recent_session,
+        )
+        supervisor.metrics.watch_stalls(
+            stalls=lambda: watchdog.stats.count, longest_stall=lambda: watchdog.stats.longest
+        )
+        app = create_app(
+            supervisor,
+            settings=settings,
+            capabilities=capabilities,
+            user_readyz=bot_module.readyz,
+            stall_stats=lambda: watchdog.stats,
+            webrtc=webrtc,
+            whatsapp=whatsapp,
+            moq_unavailable=unavailable(features, MOQ),
+        )
+        asgi = Dispatcher(
+            app,
+            user_app,
+            loop,
+            cancel_grace=settings.session_cancel_grace,
+            own_paths=own_paths,
+            draining=lambda: supervisor.draining,
+        )
+        try:
+            async with trio.open_nursery() as services:
+                await services.start(watchdog.heartbeat)
+                yield Runtime(
+                    settings,
+                    bot_module,
+                    loop,
+                    supervisor,
+                    watchdog,
+                    app,
+                    asgi,
+                    features,
+                    capabilities,
+                    engaged,
+                )
+                services.cancel_scope.cancel()
+        finally:
+            watchdog.close()
+
+
+def own_paths_for(features: list[Feature]) -> frozenset[str]:
+    """The paths our app serves (the optional transports' only when they are enabled)."""
+    paths = set(OWN_PATHS)
+    if enabled(features, WEBRTC):
+        paths.add(OFFER_PATH)
+    if enabled(features, WHATSAPP):
+        paths.add(WHATSAPP_PATH)
+    return frozenset(paths)
+
+
+@asynccontextmanager
+async def _open_transports(
+    loop: asyncio.AbstractEventLoop, settings: Settings, features: list[Feature]
+) -> AsyncIterator[tuple[SmallWebRTC | None, WhatsApp | None]]:
+    """SmallWebRTC and WhatsApp, when enabled, for the serving lifetime; their peers and
+    calls still open are closed once the sessions have ended."""
+    if not enabled(features, WEBRTC):
+        yield None, None
+        return
+    webrtc = SmallWebRTC(loop, settings)
+    try:
+        if enabled(features, WHATSAPP):
+            async with WhatsApp(loop, settings, webrtc).running() as whatsapp:
+                yield webrtc, whatsapp
+        else:
+            yield webrtc, None
+    finally:
+        await webrtc.aclose()
+
+
+@asynccontextmanager
+async def _open_publisher(settings: Settings) -> AsyncIterator[EventPublisher | None]:
+    """The event publisher's one HTTP client, when ``PIPECAT_EVENT_PUBLISHER_ENDPOINT`` is
+    set; it outlives the session nursery, so every session's last events can go out."""
+    endpoint = settings.event_publisher_endpoint
+    if endpoint is None:
+        yield None
+        return
+    include_content = not settings.exclude_content
+    async with EventPublisher.open(endpoint, include_content=include_content) as publisher:
+        yield publisher
+
+
+def _user_app_lifespan(
+    loop: asyncio.AbstractEventLoop, user_app: Any, remaining: Callable[[], float]
+) -> AbstractAsyncContextManager[None]:
+    if user_app is None:
+        return nullcontext()
+    return open_app_lifespan(loop, user_app, shutdown_bound=remaining)
+
+
 class Server:
-    """One serving lifetime of the bot module under ``settings``."""
+    """One serving lifetime of the bot module under ``settings``: `open_runtime`, behind
+    Hypercorn, until a signal's shutdown sequence has run."""
 
     def __init__(
         self,
@@ -87,31 +295,15 @@ class Server:
         self.bot_module = bot_module
         self._on_shutdown = on_shutdown
         self._attribution = attribution
+        self.features = features if features is not None else detect_features(settings=settings)
+        self.runtime: Runtime | None = None
         self.supervisor: SessionSupervisor | None = None
         self.watchdog: LoopWatchdog | None = None
-        self.capabilities: bytes | None = None
-        self.features = features if features is not None else detect_features(settings=settings)
-        try:
-            self.capabilities = build_document(f for f in self.features if f.name in CAPABILITIES)
-        except Exception as exc:  # the server serves without it; the path answers 404
-            logger.warning(f"Not reporting capabilities: {exc}")
         self._shutdown_requested = trio.Event()
         self._stop_http = trio.Event()  # Hypercorn's shutdown trigger
         self._http_stopped = trio.Event()  # Hypercorn has returned: responses are out
         self._forced = False
         self._shutdown_deadline: float | None = None
-
-    @asynccontextmanager
-    async def _open_publisher(self) -> AsyncIterator[EventPublisher | None]:
-        """The event publisher's one HTTP client, when ``PIPECAT_EVENT_PUBLISHER_ENDPOINT`` is
-        set; it outlives the session nursery, so every session's last events can go out."""
-        endpoint = self.settings.event_publisher_endpoint
-        if endpoint is None:
-            yield None
-            return
-        include_content = not self.settings.exclude_content
-        async with EventPublisher.open(endpoint, include_content=include_content) as publisher:
-            yield publisher
 
     def request_shutdown(self) -> None:
         """Begin the shutdown sequence; a second call cancels running sessions at once."""
@@ -135,124 +327,31 @@ class Server:
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until shut down; ``task_status.started(binds)`` once the socket listens."""
-        settings = self.settings
-        user_app = load_session_api_app()
-        own_paths = self.own_paths()
-        for path in shadowed_routes(user_app, own_paths):
-            logger.warning(
-                f"pipecatcloud_system.app defines {path}, which the server serves itself: the "
-                "server's route answers (for /readyz, define readyz() in the bot module)"
-            )
-        async with (
-            open_bridge_loop() as loop,
-            self._user_app_lifespan(loop, user_app),
-            self._open_transports(loop) as (webrtc, whatsapp),
-            self._open_publisher() as publisher,
-            trio.open_nursery() as session_nursery,
-        ):
-            release_memory, memory_error = parse_switch(settings.release_session_memory)
-            if memory_error:
-                logger.error(memory_error)
-            self.supervisor = SessionSupervisor(
-                session_nursery,
-                loop,
-                self.bot_module.bot,
-                image_version=settings.image_version,
-                cancel_grace=settings.session_cancel_grace,
-                max_sessions=settings.max_sessions,
-                release_session_memory=release_memory,
-                attribution=self._attribution,
-                publisher=publisher,
-            )
-            self.watchdog = LoopWatchdog(
-                loop,
-                stall_warning=settings.loop_stall_warning,
-                recent_session=self.supervisor.recent_session,
-            )
-            watchdog = self.watchdog
-            self.supervisor.metrics.watch_stalls(
-                stalls=lambda: watchdog.stats.count, longest_stall=lambda: watchdog.stats.longest
-            )
-            app = create_app(
-                self.supervisor,
-                settings=settings,
-                capabilities=self.capabilities,
-                user_readyz=self.bot_module.readyz,
-                stall_stats=lambda: self.watchdog.stats,  # type: ignore[union-attr]
-                webrtc=webrtc,
-                whatsapp=whatsapp,
-                moq_unavailable=unavailable(self.features, MOQ),
-            )
+        async with open_runtime(
+            self.settings,
+            self.bot_module,
+            features=self.features,
+            attribution=self._attribution,
+            shutdown_deadline=lambda: self._shutdown_deadline,
+        ) as runtime:
+            self.runtime = runtime
+            self.supervisor = runtime.supervisor
+            self.watchdog = runtime.watchdog
             async with trio.open_nursery() as control:
-                await control.start(self.watchdog.heartbeat)
                 await control.start(self._watch_signals)
                 control.start_soon(self._shutdown_sequence)
-                supervisor = self.supervisor
-                asgi = Dispatcher(
-                    app,
-                    user_app,
-                    loop,
-                    cancel_grace=settings.session_cancel_grace,
-                    own_paths=own_paths,
-                    draining=lambda: supervisor.draining,
-                )
-                binds = await control.start(self._serve_http, asgi)
+                binds = await control.start(self._serve_http, runtime.asgi)
                 logger.info(f"Serving bot {self.bot_module.name} on {', '.join(binds)}")
                 task_status.started(binds)
                 await self._http_stopped.wait()
                 control.cancel_scope.cancel()  # the signal watcher runs until told to stop
             logger.info("Server stopped")
-        # Shutdown finished within its bound: the exit guard has nothing left to guard.
-        self.watchdog.close()
 
-    def own_paths(self) -> frozenset[str]:
-        """The paths our app serves (the optional transports' only when they are enabled)."""
-        paths = set(OWN_PATHS)
-        if enabled(self.features, WEBRTC):
-            paths.add(OFFER_PATH)
-        if enabled(self.features, WHATSAPP):
-            paths.add(WHATSAPP_PATH)
-        return frozenset(paths)
-
-    @asynccontextmanager
-    async def _open_transports(
-        self, loop: asyncio.AbstractEventLoop
-    ) -> AsyncIterator[tuple[SmallWebRTC | None, WhatsApp | None]]:
-        """SmallWebRTC and WhatsApp, when enabled, for the serving lifetime; their peers and
-        calls still open are closed once the sessions have ended."""
-        if not enabled(self.features, WEBRTC):
-            yield None, None
-            return
-        webrtc = SmallWebRTC(loop, self.settings)
-        try:
-            if enabled(self.features, WHATSAPP):
-                async with WhatsApp(loop, self.settings, webrtc).running() as whatsapp:
-                    yield webrtc, whatsapp
-            else:
-                yield webrtc, None
-        finally:
-            await webrtc.aclose()
-
-    def _user_app_lifespan(
-        self, loop: asyncio.AbstractEventLoop, user_app: object | None
-    ) -> AbstractAsyncContextManager[None]:
-        if user_app is None:
-            return nullcontext()
-
-        def remaining() -> float:
-            # Bounded by the shutdown deadline (at least half a second of it).
-            deadline = self._shutdown_deadline or trio.current_time()
-            return max(0.5, deadline - trio.current_time())
-
-        return open_app_lifespan(loop, user_app, shutdown_bound=remaining)  # type: ignore[arg-type]
-
-    async def _serve_http(self, app: object, *, task_status: trio.TaskStatus[list[str]]) -> None:
-        config = hypercorn_config(self.settings)
-        tcp_server.install()
+    async def _serve_http(self, app: Any, *, task_status: trio.TaskStatus[list[str]]) -> None:
         try:
             await hypercorn.trio.serve(
-                app,  # type: ignore[arg-type]
-                config,
+                app,
+                hypercorn_config(self.settings),
                 shutdown_trigger=self._stop_http.wait,
                 task_status=task_status,
                 mode="asgi",
@@ -277,7 +376,7 @@ class Server:
         self._stop_http.set()
 
 
-def load_session_api_app() -> object | None:
+def load_session_api_app() -> Any:
     """``pipecatcloud_system.app``, with whatever routes the bot module added to it."""
     try:
         import pipecatcloud_system

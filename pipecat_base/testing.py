@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,7 +50,6 @@ import trio
 
 START_LINE = "Starting bot session with metadata"
 STOP_LINE = "Stopping bot session with metadata"
-LEFT_RE = re.compile(r"Session left \d+ asyncio task\(s\) running: (.*)")
 FRAME = 160  # bytes of 8 kHz mu-law in a 20 ms Twilio media message
 
 
@@ -74,6 +72,9 @@ class Session:
     started_at: float = 0.0
     ended_at: float | None = None
     outcome: str | None = None
+    leaked: list[str] = field(default_factory=list)
+    """The asyncio tasks the session left running, each ``"cancelled <task>"`` or
+    ``"abandoned <task>"`` (empty: none)."""
     # Set at its start line, or when its start was refused (then `_ended` is set too).
     _started: trio.Event = field(default_factory=trio.Event)
     _ended: trio.Event = field(default_factory=trio.Event)
@@ -97,11 +98,6 @@ class Session:
     @property
     def stop_lines(self) -> int:
         return len(self.lines(STOP_LINE))
-
-    @property
-    def leaked(self) -> list[str]:
-        """What the reaper said of asyncio tasks the session left running (empty: none)."""
-        return [m.group(1) for line in self.lines("Session left") if (m := LEFT_RE.search(line))]
 
     @property
     def abandoned(self) -> bool:
@@ -184,10 +180,14 @@ class Call:
 
 
 class BotRuntime:
-    """One in-process server for a bot module (see the module docstring)."""
+    """One in-process server for a bot module (see the module docstring).
 
-    def __init__(self, nursery: trio.Nursery, settings: Any, bot_module: Any) -> None:
-        self._nursery = nursery
+    Built by the server's own composition root (`pipecat_base.server.open_runtime`); what a
+    session did comes from the supervisor's structured events (`nursery.SessionEvent`).
+    """
+
+    def __init__(self, settings: Any, bot_module: Any) -> None:
+        self._nursery: Any = None
         self.settings = settings
         self.bot_module = bot_module
         self.records: list[Record] = []
@@ -298,6 +298,19 @@ class BotRuntime:
 
     # -- wiring ---------------------------------------------------------------------------
 
+    def _on_event(self, event: Any) -> None:
+        session = self.sessions.get(event.session_id)
+        if session is None:
+            return
+        if event.kind == "started":
+            session.started_at = event.time
+            session._started.set()
+        elif event.kind == "ended":
+            session.ended_at = event.time
+            session.outcome = event.outcome.value
+            session.leaked = list(event.leaked)
+            session._ended.set()
+
     def _sink(self, message: Any) -> None:
         record = message.record
         session_id = str(record["extra"].get("session_id", "NONE"))
@@ -308,13 +321,6 @@ class BotRuntime:
             self.records.append(Record(float("nan"), record["level"].name, session_id, text))
             return
         self.records.append(Record(trio.current_time(), record["level"].name, session_id, text))
-        session = self.sessions.get(session_id)
-        if session is not None:
-            if START_LINE in text:
-                session.started_at = trio.current_time()
-                session._started.set()
-            elif STOP_LINE in text:
-                session.ended_at = trio.current_time()
 
 
 def _on_trio_thread() -> bool:
@@ -323,24 +329,6 @@ def _on_trio_thread() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _outcome_recorder(runtime: BotRuntime, supervisor_class: type) -> type:
-    class RecordingSupervisor(supervisor_class):  # type: ignore[misc,valid-type]
-        async def start(self, spec: Any) -> Any:
-            handle = await super().start(spec)
-            session = runtime.sessions.get(spec.session_id)
-            if session is not None:
-                runtime._nursery.start_soon(_note_end, session, handle)
-            return handle
-
-    return RecordingSupervisor
-
-
-async def _note_end(session: Session, handle: Any) -> None:
-    outcome = await handle.wait()
-    session.outcome = outcome.value
-    session._ended.set()
 
 
 @asynccontextmanager
@@ -352,16 +340,16 @@ async def open_bot_runtime(
     (``SESSION_CANCEL_GRACE="2"``, ``CLIENT_DISCONNECT_GRACE="1"``, ...)."""
     from loguru import logger
 
-    from . import session_args
-    from .app import create_app
-    from .bridge import open_bridge_loop
-    from .config import load_settings
-    from .loader import BotModule, load_bot
-    from .logs import NO_SESSION
-    from .nursery import SessionSupervisor
-    from .watchdog import LoopWatchdog
+    from pipecat_base.config import load_settings
+    from pipecat_base.observability.logs import NO_SESSION
+    from pipecat_base.server import open_runtime
+    from pipecat_base.sessions import args as session_args
+    from pipecat_base.startup.loader import BotModule, load_bot
 
-    settings = load_settings({"PCC_TOKEN_REFRESHER_DIR": "/nonexistent", **env})
+    # No token refresher beside a test, and no collection between sessions (real CPU time
+    # for nothing under a virtual clock) unless the test asks for them.
+    defaults = {"PCC_TOKEN_REFRESHER_DIR": "/nonexistent", "PCC_RELEASE_SESSION_MEMORY": "false"}
+    settings = load_settings({**defaults, **env})
     # Importing pipecatcloud's session types reconfigures loguru: before our sink, as the
     # server does it before configuring logging.
     session_args.preload()
@@ -370,33 +358,24 @@ async def open_bot_runtime(
     else:
         bot_module = load_bot(str(bot))
     logger.configure(extra={"session_id": NO_SESSION})
-    async with open_bridge_loop() as loop, trio.open_nursery() as nursery:
-        runtime = BotRuntime(nursery, settings, bot_module)
-        sink = logger.add(runtime._sink, level="TRACE", format="{message}\n{exception}")
-        try:
-            runtime.supervisor = _outcome_recorder(runtime, SessionSupervisor)(
-                nursery,
-                loop,
-                bot_module.bot,
-                image_version=settings.image_version,
-                cancel_grace=settings.session_cancel_grace,
-                release_session_memory=False,
-            )
-            runtime.watchdog = LoopWatchdog(
-                loop,
-                stall_warning=settings.loop_stall_warning,
-                recent_session=runtime.supervisor.recent_session,
-            )
-            await nursery.start(runtime.watchdog.heartbeat)
-            runtime.app = create_app(runtime.supervisor, settings=settings)
+    runtime = BotRuntime(settings, bot_module)
+    sink = logger.add(runtime._sink, level="TRACE", format="{message}\n{exception}")
+    try:
+        async with (
+            open_runtime(settings, bot_module, on_event=runtime._on_event) as parts,
+            trio.open_nursery() as nursery,
+        ):
+            runtime._nursery = nursery
+            runtime.supervisor = parts.supervisor
+            runtime.watchdog = parts.watchdog
+            runtime.app = parts.app
             yield runtime
             # Whatever the test left running ends as at a shutdown with no time left.
             with trio.CancelScope(shield=True):
-                await runtime.supervisor.drain(trio.current_time())
+                await parts.supervisor.drain(trio.current_time())
             nursery.cancel_scope.cancel()
-        finally:
-            runtime.watchdog.close()
-            logger.remove(sink)
+    finally:
+        logger.remove(sink)
 
 
 @pytest.fixture

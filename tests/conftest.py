@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -11,19 +12,42 @@ import pytest
 import trio
 from loguru import logger
 
-from pipecat_base.bridge import open_bridge_loop
-from pipecat_base.logs import NO_SESSION
+from pipecat_base import _speedups as speedups
+from pipecat_base.bridge.loop import open_bridge_loop
 from pipecat_base.nursery import SessionSupervisor
+from pipecat_base.observability.logs import NO_SESSION
 
 PIPECAT = sys.version_info >= (3, 11)
 needs_pipecat = pytest.mark.skipif(not PIPECAT, reason="pipecat-ai needs Python >= 3.11")
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _speedups_as_configured() -> None:
+    """Engage the speedups ``PIPECAT_BASE_SPEEDUPS`` selects for the in-process tests, as the
+    server does at startup (``.ci/run`` runs the suite once with all, once with none)."""
+    speedups.install(os.environ.get(speedups.ENV_VAR))
+
+
+@pytest.fixture
+def engaged() -> Iterator[Callable[[str], frozenset[str]]]:
+    """``engaged("route_matching")``: run this test with exactly that selection; the configured
+    one comes back after it."""
+    yield lambda selection: speedups.install(selection)
+    speedups.install(os.environ.get(speedups.ENV_VAR))
+
+
+@pytest.fixture
+def all_speedups(engaged: Callable[[str], frozenset[str]]) -> None:
+    """For the tests of the speedups themselves: every one engaged, whatever the run's
+    selection (each such test compares against the stock path itself)."""
+    engaged("1")
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _session_types_preloaded() -> None:
     """Import pipecat/pipecatcloud once, before any test adds a log sink (as the CLI does):
     importing them reconfigures loguru, which would drop the sinks tests capture with."""
-    from pipecat_base import session_args
+    from pipecat_base.sessions import args as session_args
 
     session_args.preload()
 
@@ -115,8 +139,8 @@ def serve_bot():
     from contextlib import asynccontextmanager
 
     from pipecat_base.config import load_settings
-    from pipecat_base.loader import load_bot
     from pipecat_base.server import Server
+    from pipecat_base.startup.loader import load_bot
 
     @asynccontextmanager
     async def serve(bot: str, **env: str) -> AsyncIterator[Served]:

@@ -15,7 +15,7 @@ import pytest
 import trio
 from hypercorn.config import Config
 
-from pipecat_base import tcp_server
+from pipecat_base._speedups import tcp_server
 
 STOCK = (hypercorn.trio.tcp_server.TCPServer, hypercorn.trio.task_group.TaskGroup)
 LEAN = (tcp_server.LeanTCPServer, tcp_server.LeanTaskGroup)

@@ -9,7 +9,8 @@ import pytest
 import trio
 
 from pipecat_base.app import create_app
-from pipecat_base.inputs import BadInput, HeaderLookup, parse_budget, parse_json_object
+from pipecat_base.routes.health import READYZ_TIMEOUT
+from pipecat_base.sessions.inputs import BadInput, HeaderLookup, parse_budget, parse_json_object
 
 from .conftest import needs_pipecat
 
@@ -109,7 +110,7 @@ async def test_arguments_are_pipecatclouds_types_so_create_transport_accepts_the
 
 
 async def test_fallback_types_have_the_same_shape_without_pipecat():
-    from pipecat_base.session_args import (
+    from pipecat_base.sessions.args import (
         FallbackDailySessionArguments,
         FallbackPipecatSessionArguments,
         build,
@@ -284,3 +285,29 @@ async def test_room_token_never_reaches_the_logs(client_for, logs):
     )
     assert logs.having("Starting bot session")
     assert SECRET_TOKEN not in logs.text
+
+
+async def test_an_async_readyz_that_never_answers_is_a_503_at_its_bound(
+    autojump_clock, client_for, logs
+):
+    stuck = []
+
+    async def readyz() -> bool:
+        try:
+            await asyncio.sleep(10_000)
+        except asyncio.CancelledError:
+            stuck.append("cancelled")  # it is told, through the bridge's cancel protocol
+            raise
+        return True
+
+    client, _ = client_for(Seen().bot, user_readyz=readyz)
+    began = trio.current_time()
+    response = await client.get("/readyz")
+    assert trio.current_time() - began == READYZ_TIMEOUT
+    assert response.status_code == 503
+    assert await response.get_json() == {
+        "ready": False,
+        "error": f"readyz() did not answer within {READYZ_TIMEOUT:g}s",
+    }
+    assert stuck == ["cancelled"]
+    assert logs.having("Health check function raised exception: readyz() did not answer")

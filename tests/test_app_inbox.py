@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from pipecat_base.app_inbox import AppInbox
+from pipecat_base._speedups.app_inbox import AppInbox
 
 from .steps import counting_steps
 

@@ -3,12 +3,13 @@ through a diverted `AppInbox`, and reading bounded by credits either way."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
-from pipecat_base.app_inbox import AppInbox
-from pipecat_base.asgi_bridge import RECEIVE_CREDITS, open_asgi_bridge
-from pipecat_base.bridge import open_bridge_loop, wait_task
+from pipecat_base._speedups.app_inbox import AppInbox
+from pipecat_base.bridge.asgi import RECEIVE_CREDITS, open_asgi_bridge
+from pipecat_base.bridge.loop import open_bridge_loop, wait_task
 
 from .steps import counting_steps
 
@@ -46,6 +47,7 @@ class _Reader:
             self.delivered += 1
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_the_inbound_pump_takes_one_step_per_event():
     events = 20
     send, receive = trio.open_memory_channel[dict](events)
@@ -80,6 +82,7 @@ async def test_reading_stops_at_the_credits_until_the_asyncio_side_takes_events(
             assert receive.statistics().current_buffer_used == 100 - RECEIVE_CREDITS - 5
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_diverted_inbox_delivers_from_the_reader_in_order_without_a_pump():
     inbox = AppInbox(10)
     for n in range(3):  # arrived before the bridge: they come first
@@ -102,6 +105,7 @@ async def test_a_diverted_inbox_delivers_from_the_reader_in_order_without_a_pump
     assert steps.counts[".reader"] == 1
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_diverted_reader_waits_at_the_credits_until_the_asyncio_side_takes_events():
     inbox = AppInbox(10)
     reader = _Reader(inbox, range(100))
@@ -117,6 +121,7 @@ async def test_a_diverted_reader_waits_at_the_credits_until_the_asyncio_side_tak
                 nursery.cancel_scope.cancel()
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_reader_waiting_when_the_bridge_ends_hands_its_event_back_to_the_inbox(
     autojump_clock,
 ):
@@ -136,6 +141,7 @@ async def test_a_reader_waiting_when_the_bridge_ends_hands_its_event_back_to_the
     assert reader.delivered == RECEIVE_CREDITS + 2
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_events_queued_past_the_credits_when_diverted_are_repaid_before_credits_return():
     inbox = AppInbox(RECEIVE_CREDITS + 8)
     for n in range(RECEIVE_CREDITS + 8):

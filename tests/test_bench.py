@@ -104,7 +104,7 @@ async def test_the_baseline_loads_bots_without_trio_asyncio():
     code = (
         "import sys\n"
         "import bench.baseline.__main__\n"
-        "from pipecat_base.loader import load_bot\n"
+        "from pipecat_base.startup.loader import load_bot\n"
         "assert callable(load_bot('bench/bots/bench_bot.py').bot)\n"
         "print('trio_asyncio' in sys.modules)\n"
     )

@@ -15,8 +15,8 @@ import trio
 import trio.testing
 import trio_asyncio
 
-from pipecat_base.bridge import open_bridge_loop, wait_task
-from pipecat_base.loop_scheduler import ITERATIONS_PER_ROUND
+from pipecat_base._speedups.loop_scheduler import ITERATIONS_PER_ROUND
+from pipecat_base.bridge.loop import open_bridge_loop, wait_task
 
 from .steps import counting_steps
 
@@ -177,7 +177,7 @@ async def test_unclosed_aiohttp_session_is_logged_not_raised(on_loop, logs):
     assert logs.having("Unclosed client session")[0][0] == "ERROR"
 
 
-# -- the scheduler (pipecat_base.loop_scheduler) ------------------------------------------
+# -- the scheduler (pipecat_base._speedups.loop_scheduler) -----------------------------------------
 
 
 async def _rounds_until(done: trio.Event, work: Callable[[], None]) -> int:
@@ -198,6 +198,7 @@ async def _rounds_until(done: trio.Event, work: Callable[[], None]) -> int:
     return rounds
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_ready_callbacks_run_in_one_trio_round_in_order():
     async with open_bridge_loop() as loop:
         ran: list[int] = []
@@ -214,6 +215,7 @@ async def test_ready_callbacks_run_in_one_trio_round_in_order():
     assert rounds <= 3
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_chain_of_callbacks_runs_as_asyncio_iterations_within_one_trio_round():
     # A pipecat frame crossing its processors is such a chain: each link queued by the last.
     async with open_bridge_loop() as loop:
@@ -239,6 +241,7 @@ async def test_a_chain_of_callbacks_runs_as_asyncio_iterations_within_one_trio_r
     assert rounds <= 3
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_waking_an_idle_loop_costs_it_one_trio_step():
     async with open_bridge_loop() as loop:
         for _ in range(5):  # let the loop go idle
@@ -255,6 +258,7 @@ async def test_waking_an_idle_loop_costs_it_one_trio_step():
     assert steps.counts["_main_loop"] == 10
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_timer_wakes_an_idle_loop_in_one_step(autojump_clock):
     async with open_bridge_loop() as loop:
         await trio.sleep(1)
@@ -270,6 +274,7 @@ async def test_a_timer_wakes_an_idle_loop_in_one_step(autojump_clock):
     assert steps.counts["_main_loop"] == 2
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_timer_wakes_the_loop_without_raising_a_cancellation_into_it(
     autojump_clock, monkeypatch
 ):
@@ -297,6 +302,7 @@ async def test_a_timer_wakes_the_loop_without_raising_a_cancellation_into_it(
     assert created == []
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_cancellation_still_stops_the_loop_while_it_sleeps_until_a_timer(autojump_clock):
     t0 = trio.current_time()
     with trio.move_on_after(5) as scope:
@@ -307,10 +313,11 @@ async def test_a_cancellation_still_stops_the_loop_while_it_sleeps_until_a_timer
     assert trio.current_time() == t0 + 5
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_timed_sleep_tells_a_cancellation_from_its_own_deadline(autojump_clock):
     # trio-asyncio runs the loop shielded, so the test above stops it with `stop()`; the sleep
     # itself must still deliver any cancellation that is not its own deadline.
-    from pipecat_base.loop_scheduler import ReadyQueue
+    from pipecat_base._speedups.loop_scheduler import ReadyQueue
 
     async with open_bridge_loop() as loop:  # only for the handle's constructor
         queue = ReadyQueue([])  # a queue of its own, not the loop's
@@ -324,10 +331,11 @@ async def test_a_timed_sleep_tells_a_cancellation_from_its_own_deadline(autojump
         assert trio.current_time() == t0 + 100
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_callbacks_see_the_loop_as_asyncios_running_loop_and_trio_tasks_do_not():
     import _asyncio
 
-    from pipecat_base.loop_scheduler import speed_up_running_loop_lookup
+    from pipecat_base._speedups.loop_scheduler import speed_up_running_loop_lookup
 
     async with open_bridge_loop() as loop:
         seen: dict[str, Any] = {}
@@ -359,6 +367,7 @@ async def test_callbacks_see_the_loop_as_asyncios_running_loop_and_trio_tasks_do
     assert getattr(asyncio.events._get_running_loop, "fast_path", False)
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_cancelled_timer_never_runs(autojump_clock):
     async with open_bridge_loop() as loop:
         fired: list[str] = []
@@ -368,6 +377,7 @@ async def test_a_cancelled_timer_never_runs(autojump_clock):
     assert fired == ["kept"]
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_callbacks_queued_while_the_loop_stops_still_run():
     ran: list[str] = []
     async with open_bridge_loop() as loop:
@@ -382,6 +392,7 @@ async def test_callbacks_queued_while_the_loop_stops_still_run():
     assert ran == ["first", "queued by first"]
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_callback_chain_cannot_starve_trio_tasks(mock_clock):
     async with open_bridge_loop() as loop:
         spins = 0
@@ -417,6 +428,7 @@ async def test_a_callback_chain_cannot_starve_trio_tasks(mock_clock):
             spinning = False  # the loop's exit drains callbacks until none is left
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_timers_fire_when_due_in_virtual_time(autojump_clock):
     async with open_bridge_loop() as loop:
         fired: list[tuple[str, float]] = []
@@ -428,8 +440,9 @@ async def test_timers_fire_when_due_in_virtual_time(autojump_clock):
     assert fired == [("soon", t0), ("a", t0 + 2), ("b", t0 + 5)]
 
 
+@pytest.mark.usefixtures("all_speedups")
 def test_an_unexpected_loop_keeps_its_own_scheduler(logs):
-    from pipecat_base.loop_scheduler import install
+    from pipecat_base._speedups.loop_scheduler import install
 
     class Unfamiliar:
         async def _main_loop_one(self, no_wait: bool = False) -> None: ...
@@ -438,6 +451,7 @@ def test_an_unexpected_loop_keeps_its_own_scheduler(logs):
     assert logs.having("trio-asyncio's loop internals changed; keeping its own scheduler")
 
 
+@pytest.mark.usefixtures("all_speedups")
 @pytest.mark.parametrize("method", ["call_soon", "call_later", "call_at"])
 async def test_callbacks_are_checked_in_debug_mode_as_asyncio_does(method, autojump_clock):
     async def not_a_callback() -> None: ...
@@ -455,6 +469,7 @@ async def test_callbacks_are_checked_in_debug_mode_as_asyncio_does(method, autoj
         await done.wait()
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_timer_due_in_the_past_runs_at_once_as_in_asyncio(autojump_clock):
     async with open_bridge_loop() as loop:
         await trio.sleep(7)
@@ -466,6 +481,7 @@ async def test_a_timer_due_in_the_past_runs_at_once_as_in_asyncio(autojump_clock
     assert ran == ["later", "late"]  # in the order of their deadlines
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_cancelled_timers_leave_the_heap_as_asyncios_do(autojump_clock):
     async with open_bridge_loop() as loop:
         fired: list[int] = []
@@ -491,6 +507,7 @@ async def test_cancelled_timers_leave_the_heap_as_asyncios_do(autojump_clock):
     assert fired == list(range(10, 50))
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_batch_sees_asyncios_own_lookups_and_trio_code_sees_trio_asyncios():
     import _asyncio
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from pipecat_base.app import create_app
-from pipecat_base.capabilities import CapabilityError, build_document, clean_text, validate
-from pipecat_base.features import CAPABILITIES, Feature, detect
+from pipecat_base.startup.capabilities import CapabilityError, build_document, clean_text, validate
+from pipecat_base.startup.features import CAPABILITIES, Feature, detect
 
 from .conftest import PIPECAT
 from .process import BOTS
@@ -172,10 +172,10 @@ async def test_methods_statuses_and_headers(serve_bot, method, status, headers, 
         assert response.headers[name] == value
     assert (response.content == b"") is empty
     if method in ("GET", "HEAD"):
-        length = len(served.server.capabilities)
+        length = len(served.server.runtime.capabilities)
         assert response.headers["content-length"] == str(length)
         if method == "GET":
-            assert response.content == served.server.capabilities
+            assert response.content == served.server.runtime.capabilities
 
 
 async def test_a_document_that_cannot_be_built_answers_404_to_every_method(make_supervisor):

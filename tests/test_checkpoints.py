@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from pipecat_base import checkpoints
+from pipecat_base._speedups import checkpoints
 
 from .steps import counting_steps
 

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 import trio
 
-from pipecat_base import compat
+from pipecat_base.startup import compat
 
 from .conftest import needs_pipecat
 from .process import BOTS, server_process

@@ -82,3 +82,10 @@ def test_hypercorn_builds_access_lines_only_when_the_log_level_shows_them(level,
 
     config = hypercorn_config(load_settings({"PIPECAT_LOG_LEVEL": level}))
     assert (config.accesslog is not None) is access_log
+
+
+@pytest.mark.parametrize(
+    ("raw", "on"), [("true", True), ("TRUE", True), ("yes", False), ("", False)]
+)
+def test_the_features_summary_switch_is_a_setting(raw, on):
+    assert load_settings({"PCC_LOG_FEATURES_SUMMARY": raw}).log_features_summary is on

@@ -20,10 +20,10 @@ import httpx
 import pytest
 import trio
 
-from pipecat_base import events
 from pipecat_base.config import ConfigError, load_settings
-from pipecat_base.events import EventPublisher, envelope_for
 from pipecat_base.nursery import SessionSpec
+from pipecat_base.observability import events
+from pipecat_base.observability.events import EventPublisher, envelope_for
 
 from .conftest import PIPECAT, needs_pipecat
 
@@ -321,7 +321,7 @@ def test_allow_lists_name_real_fields_and_no_conversation_content():
     )
     from pipecat.observers.user_bot_latency_observer import LatencyBreakdown
 
-    from pipecat_base.observers_setup import ALLOWED
+    from pipecat_base.observability.observers_setup import ALLOWED
 
     models = {
         "startup_timing": StartupTimingReport, "transport_timing": TransportTimingReport,
@@ -344,7 +344,7 @@ async def test_function_calls_and_errors_leave_without_their_content(
     from pipecat.observers.function_call_observer import FunctionCallEvent
     from pipecat.utils.errors import ErrorCategory
 
-    from pipecat_base.observers_setup import publish_record
+    from pipecat_base.observability.observers_setup import publish_record
 
     async def bot(args: Any) -> None:
         call = FunctionCallEvent(
@@ -391,7 +391,7 @@ async def test_transcripts_of_both_roles_from_nested_aggregators(
         UserTurnStoppedMessage,
     )
 
-    from pipecat_base.observers_setup import _transcripts
+    from pipecat_base.observability.observers_setup import _transcripts
 
     pipeline, user, assistant = _aggregators()
     _transcripts(pipeline)
@@ -478,7 +478,7 @@ async def test_every_observer_is_attached_and_its_handlers_publish(
     from pipecat.observers.speaking_observer import SpeechEvent
     from pipecat.utils.errors import ErrorCategory
 
-    from pipecat_base.observers_setup import setup_pipeline_worker
+    from pipecat_base.observability.observers_setup import setup_pipeline_worker
 
     class Worker:  # what setup_pipeline_worker uses of pipecat's PipelineWorker
         pipeline = None

@@ -11,7 +11,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from pipecat_base.app import create_app
-from pipecat_base.flows import FlowFileError, read_flow_file
+from pipecat_base.sessions.flows import FlowFileError, read_flow_file
 
 from .process import BOTS
 

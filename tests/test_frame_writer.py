@@ -17,10 +17,10 @@ from wsproto.connection import ConnectionType
 from wsproto.events import Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
-from pipecat_base.asgi_bridge import AsgiBridge, open_asgi_bridge
-from pipecat_base.bridge import open_bridge_loop, wait_task
-from pipecat_base.frame_writer import FrameWriter
-from pipecat_base.session_api import run_asgi_on_loop
+from pipecat_base._speedups.frame_writer import FrameWriter
+from pipecat_base.bridge.asgi import AsgiBridge, open_asgi_bridge
+from pipecat_base.bridge.loop import open_bridge_loop, wait_task
+from pipecat_base.transports.session_api import run_asgi_on_loop
 
 from .hypercorn_serving import LEAN, STOCK, agree_to_lifespan, open_tcp, serving
 from .steps import counting_steps
@@ -138,6 +138,7 @@ async def test_frames_beyond_the_socket_buffer_arrive_whole_and_in_order(monkeyp
     assert finished, "no frame was left half sent: the test did not fill the buffer"
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_bot_apps_websocket_route_writes_its_frames_without_the_pump():
     frames = 20
 

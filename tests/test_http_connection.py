@@ -15,8 +15,8 @@ from quart import request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from pipecat_base.app_inbox import AppInbox
-from pipecat_base.http_connection import DirectHTTPConnection, DirectRequest
+from pipecat_base._speedups.app_inbox import AppInbox
+from pipecat_base._speedups.http_connection import DirectHTTPConnection, DirectRequest
 
 from .hypercorn_serving import LEAN, STOCK, open_tcp, serving
 from .steps import counting_steps
@@ -225,6 +225,7 @@ async def test_a_body_over_max_content_length_is_refused_413(request_class):
     assert (declared.status_code, grown.status_code, fits.status_code) == (413, 413, 200)
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_body_that_came_with_its_request_is_read_without_a_scheduling_round():
     _, quart_trio_request = await tasks_and_steps(DirectHTTPConnection)
     _, direct_request = await tasks_and_steps(DirectHTTPConnection, DirectRequest)

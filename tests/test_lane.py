@@ -10,9 +10,9 @@ import httpx
 import pytest
 import trio
 
-from pipecat_base.attribution import Attribution
-from pipecat_base.capture import MAX_LINE, TRUNCATED, LineAssembler
-from pipecat_base.lane import PLACEHOLDER, JsonlFile, encode_record, open_jsonl
+from pipecat_base.observability.attribution import Attribution
+from pipecat_base.observability.capture import MAX_LINE, TRUNCATED, LineAssembler
+from pipecat_base.observability.lane import PLACEHOLDER, JsonlFile, encode_record, open_jsonl
 
 from .process import BOTS, server_process
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipecat_base.loader import BotLoadError, load_bot
+from pipecat_base.startup.loader import BotLoadError, load_bot
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pipecat_base.memory import freeze_startup_heap, parse_switch, release_memory
 from pipecat_base.nursery import SessionSpec
+from pipecat_base.sessions.memory import freeze_startup_heap, parse_switch, release_memory
 
 
 class Node:

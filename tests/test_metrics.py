@@ -44,7 +44,7 @@ async def bot(args: Any) -> None:
 
 
 def test_every_outcome_has_a_counter_at_zero_from_the_start():
-    from pipecat_base.metrics import OUTCOMES, Metrics
+    from pipecat_base.observability.metrics import OUTCOMES, Metrics
 
     # `nursery.Outcome` lives above `metrics`; the two lists must not drift apart.
     assert set(OUTCOMES) == {outcome.value for outcome in Outcome}

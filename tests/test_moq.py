@@ -11,12 +11,12 @@ import pytest
 import trio
 from loguru import logger
 
-from pipecat_base import moq
 from pipecat_base.app import create_app
-from pipecat_base.capabilities import build_document
-from pipecat_base.features import CAPABILITIES, MOQ, detect
-from pipecat_base.logs import configure_logging
-from pipecat_base.session_args import build
+from pipecat_base.observability.logs import configure_logging
+from pipecat_base.sessions.args import build
+from pipecat_base.startup.capabilities import build_document
+from pipecat_base.startup.features import CAPABILITIES, MOQ, detect, moq_unavailable_reason
+from pipecat_base.transports import moq
 
 from .conftest import PIPECAT, needs_pipecat
 
@@ -95,16 +95,16 @@ def test_relay_secret_replaces_an_unparsable_url_whole_and_withholds_unreadable_
 
 def test_no_moq_module_is_the_reason_moq_is_unavailable():
     if not PIPECAT:
-        assert moq.unavailable_reason() == "pipecat-ai is not installed"
+        assert moq_unavailable_reason() == "pipecat-ai is not installed"
         return
-    assert moq.unavailable_reason(lambda name: None) == (
+    assert moq_unavailable_reason(lambda name: None) == (
         "No module named 'moq' (needs pipecat-ai's moq extra)"
     )
 
 
 @needs_pipecat
 def test_this_image_serves_moq_and_reports_it():
-    assert moq.unavailable_reason() is None
+    assert moq_unavailable_reason() is None
     features = detect()
     document = json.loads(build_document(f for f in features if f.name in CAPABILITIES))
     assert document["capabilities"][MOQ] == {"available": True}

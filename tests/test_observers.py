@@ -8,10 +8,10 @@ import pytest
 import trio
 
 from pipecat_base import cli
-from pipecat_base.features import OBSERVERS, detect, summary
-from pipecat_base.loader import load_bot
 from pipecat_base.nursery import Outcome, SessionSpec
-from pipecat_base.session_args import http_session_args
+from pipecat_base.sessions.args import http_session_args
+from pipecat_base.startup.features import OBSERVERS, detect, summary
+from pipecat_base.startup.loader import load_bot
 
 from .conftest import PIPECAT, needs_pipecat
 from .process import BOTS, server_process

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 
-from pipecat_base.loader import load_bot
 from pipecat_base.nursery import Outcome, SessionSpec
-from pipecat_base.session_args import http_session_args
+from pipecat_base.sessions.args import http_session_args
+from pipecat_base.startup.loader import load_bot
 
 from .conftest import needs_pipecat
 from .process import BOTS

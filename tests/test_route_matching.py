@@ -13,8 +13,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.routing.exceptions import RoutingException
 
+from pipecat_base._speedups.route_matching import (
+    REMEMBERED_AT_MOST,
+    RememberingMap,
+    RememberingMatcher,
+)
 from pipecat_base.app import create_app
-from pipecat_base.route_matching import REMEMBERED_AT_MOST, RememberingMap, RememberingMatcher
 
 
 def rules() -> list[Rule]:
@@ -138,7 +142,9 @@ def test_matching_a_route_leaves_no_reference_cycle(map_class, cycles):
     assert len(closures) == cycles
 
 
-async def test_the_server_matches_its_routes_with_a_remembering_map(make_supervisor):
+async def test_the_server_matches_its_routes_with_a_remembering_map(make_supervisor, engaged):
+    engaged("route_matching")
+
     async def bot(args: Any) -> None:
         pass
 
@@ -149,3 +155,14 @@ async def test_the_server_matches_its_routes_with_a_remembering_map(make_supervi
         assert (await client.get("/livez")).status_code == 200
     assert isinstance(app.url_map, RememberingMap)
     assert matcher_of(app.url_map).remembered == 2
+
+
+async def test_with_the_speedup_off_the_server_uses_quarts_own_map(make_supervisor, engaged):
+    engaged("-route_matching")
+
+    async def bot(args: Any) -> None:
+        pass
+
+    app = create_app(make_supervisor(bot))
+    assert (await app.test_client().post("/bot", json={})).status_code == 200
+    assert type(app.url_map) is QuartMap

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import trio
 
+from pipecat_base.bridge.session_tasks import owner_of
 from pipecat_base.nursery import Outcome, SessionSpec
-from pipecat_base.session_tasks import owner_of
 
 from .conftest import needs_pipecat
 from .process import BOTS
@@ -158,8 +158,8 @@ async def test_tasks_created_outside_sessions_belong_to_none(make_supervisor, au
 @needs_pipecat
 @pytest.mark.slow
 async def test_pipecat_pipeline_cancelled_during_setup_leaves_nothing(make_supervisor, logs):
-    from pipecat_base.loader import load_bot
-    from pipecat_base.session_args import http_session_args
+    from pipecat_base.sessions.args import http_session_args
+    from pipecat_base.startup.loader import load_bot
 
     bot = load_bot(str(BOTS / "pipeline_bot.py")).bot
     sup = make_supervisor(bot, cancel_grace=2)

@@ -11,14 +11,24 @@ import asyncio
 import gc
 import importlib.metadata
 import platform
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
-from pipecat_base.bridge import SECOND_CANCEL_WINDOW
-from pipecat_base.health import readiness
-from pipecat_base.nursery import AtCapacity, Draining, Outcome, SessionSpec
+from pipecat_base.bridge.loop import SECOND_CANCEL_WINDOW, open_bridge_loop
+from pipecat_base.nursery import (
+    AtCapacity,
+    Draining,
+    Outcome,
+    SessionEvent,
+    SessionSpec,
+    SessionSupervisor,
+    stop_unless_ended,
+)
+from pipecat_base.routes.health import readiness
 
 from .conftest import PIPECAT
 
@@ -336,3 +346,58 @@ async def test_sessions_have_independent_budgets(autojump_clock, make_supervisor
     assert trio.current_time() == t0 + 2
     assert await long.wait() == Outcome.BUDGET
     assert trio.current_time() == t0 + 7
+
+
+async def test_a_connection_nursery_cancelled_from_outside_ends_as_shutdown(autojump_clock):
+    """A WebRTC-style ``connect`` with a nursery of its own hands an outside cancellation on
+    as a group of Cancelled (trio >= 0.25): still a shutdown, not an error."""
+
+    @asynccontextmanager
+    async def connect(_handle: Any) -> AsyncIterator[Any]:
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(trio.sleep_forever)
+            await trio.sleep_forever()  # waiting for a peer that never comes
+            yield None
+
+    async with open_bridge_loop() as loop:
+        with trio.CancelScope() as outer:
+            async with trio.open_nursery() as nursery:
+                supervisor = SessionSupervisor(nursery, loop, sleeper(Recorder()))
+                handle = await supervisor.start(SessionSpec("s1", None, connect=connect))
+                outer.cancel()
+    assert handle.outcome is Outcome.SHUTDOWN
+
+
+async def test_the_supervisor_tells_its_listener_of_each_start_and_end(autojump_clock):
+    events: list[SessionEvent] = []
+
+    async def leaky(args: Any) -> None:
+        asyncio.get_running_loop().create_task(asyncio.sleep(FOREVER), name="uploader")
+        await asyncio.sleep(2)
+
+    async with open_bridge_loop() as loop, trio.open_nursery() as nursery:
+        supervisor = SessionSupervisor(nursery, loop, leaky, cancel_grace=1, on_event=events.append)
+        began = trio.current_time()
+        handle = await supervisor.start(SessionSpec("s1", None))
+        await handle.wait()
+    assert [(e.kind, e.session_id, e.time - began, e.outcome) for e in events] == [
+        ("started", "s1", 0, None),
+        ("ended", "s1", 2, Outcome.COMPLETED),
+    ]
+    assert events[1].leaked == ("cancelled uploader (sleep)",)
+
+
+async def test_stop_unless_ended_gives_the_bot_its_grace_then_stops_it(
+    autojump_clock, make_supervisor
+):
+    supervisor = make_supervisor(sleeper(Recorder()))
+    handle = await supervisor.start(SessionSpec("s1", None))
+    began = trio.current_time()
+    await stop_unless_ended(handle, 3)
+    assert await handle.wait() is Outcome.CLIENT_DISCONNECTED
+    assert trio.current_time() - began == 3  # then stopped at once: it unwinds without delay
+
+    finisher = make_supervisor(sleeper(Recorder(), seconds=1))
+    handle = await finisher.start(SessionSpec("s2", None))
+    await stop_unless_ended(handle, 3)
+    assert handle.outcome is Outcome.COMPLETED  # it ended by itself within the grace

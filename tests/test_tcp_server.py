@@ -9,10 +9,6 @@ import struct
 from types import SimpleNamespace
 from typing import Any
 
-import hypercorn.trio
-import hypercorn.trio.run
-import hypercorn.trio.task_group
-import hypercorn.trio.tcp_server
 import pytest
 import trio
 import trio.testing
@@ -20,10 +16,10 @@ from hypercorn.config import Config
 from hypercorn.protocol.h11 import H11Protocol
 from trio_websocket import open_websocket_url
 
-from pipecat_base import tcp_server
-from pipecat_base.asgi_bridge import open_asgi_bridge
-from pipecat_base.bridge import open_bridge_loop, wait_task
-from pipecat_base.frame_writer import FrameWriter
+from pipecat_base._speedups import tcp_server
+from pipecat_base._speedups.frame_writer import FrameWriter
+from pipecat_base.bridge.asgi import open_asgi_bridge
+from pipecat_base.bridge.loop import open_bridge_loop, wait_task
 
 from .hypercorn_serving import LEAN, STOCK, agree_to_lifespan, open_tcp, serving
 from .steps import counting_steps
@@ -83,6 +79,7 @@ async def steps_per_echo(classes: tuple[type, type]) -> tuple[int, int]:
     return steps.counts["._run_handler"], steps.counts["._handle"]
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_each_frame_costs_one_step_in_each_direction():
     stock_reader, stock_app = await steps_per_echo(STOCK)
     lean_reader, lean_app = await steps_per_echo(LEAN)
@@ -109,6 +106,7 @@ async def bridged_steps_per_echo(classes: tuple[type, type]) -> tuple[int, int]:
     return steps.counts["._run_handler"], steps.counts["._pump_in"], steps.counts["._pump_out"]
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_a_bridged_app_gets_each_frame_from_the_reader_without_a_pump():
     stock = await bridged_steps_per_echo(STOCK)
     lean = await bridged_steps_per_echo(LEAN)
@@ -370,16 +368,6 @@ async def test_a_keep_alive_request_starts_no_idle_task():
     assert await idle_task_steps(STOCK) == 2 * FRAMES
     # Lean: one idle task for the connection; a request only moves its deadline.
     assert await idle_task_steps(LEAN) == 0
-
-
-def test_install_makes_hypercorns_trio_worker_use_the_lean_classes():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(hypercorn.trio.run, "TCPServer", STOCK[0])
-        patch.setattr(hypercorn.trio.tcp_server, "TaskGroup", STOCK[1])
-        tcp_server.install()
-        tcp_server.install()
-        assert hypercorn.trio.run.TCPServer is tcp_server.LeanTCPServer
-        assert hypercorn.trio.tcp_server.TaskGroup is tcp_server.LeanTaskGroup
 
 
 # -- the socket reads and writes (`receive_some`, `send_all`) ------------------------------

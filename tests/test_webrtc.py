@@ -29,7 +29,7 @@ WEBRTC = {"X-Daily-Transport-Type": "webrtc"}
 
 def webrtc_client_for(make_supervisor, bot, **env):
     from pipecat_base.app import create_app
-    from pipecat_base.webrtc import SmallWebRTC
+    from pipecat_base.transports.webrtc import SmallWebRTC
 
     settings = load_settings(env)
     supervisor = make_supervisor(bot, **_supervisor_options(env))
@@ -160,9 +160,9 @@ async def test_a_bot_that_ignores_its_closed_peer_is_stopped_after_the_grace(
 ):
     from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 
-    from pipecat_base.bridge import run_aio
+    from pipecat_base.bridge.loop import run_aio
     from pipecat_base.nursery import SessionSpec
-    from pipecat_base.webrtc import PendingConnection, SmallWebRTC
+    from pipecat_base.transports.webrtc import PendingConnection, SmallWebRTC
 
     async def deaf(args):  # holds the call, never notices the peer closing
         await asyncio.sleep(3600)
@@ -192,7 +192,7 @@ async def _new_connection(cls):
 
 
 async def test_ice_servers_come_from_the_sidecar(make_supervisor, logs):
-    from pipecat_base.webrtc import SmallWebRTC
+    from pipecat_base.transports.webrtc import SmallWebRTC
 
     turn = {"urls": ["turn:turn.example:3478"], "username": "u", "credential": "ice-secret-77"}
     async with serve_app(ice_sidecar([turn])) as url:
@@ -207,7 +207,7 @@ async def test_ice_servers_come_from_the_sidecar(make_supervisor, logs):
 
 @pytest.mark.parametrize("status", [None, 500])
 async def test_ice_failure_falls_back_to_public_stun_and_says_so(make_supervisor, logs, status):
-    from pipecat_base.webrtc import FALLBACK_STUN, SmallWebRTC
+    from pipecat_base.transports.webrtc import FALLBACK_STUN, SmallWebRTC
 
     supervisor = make_supervisor(never_called)
     async with serve_app(ice_sidecar(status=status or 200)) as url:

@@ -21,7 +21,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Requ
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, XorMaskerSimple
 
-from pipecat_base.ws_frames import (
+from pipecat_base._speedups.ws_frames import (
     at_message_boundary,
     sends_plain_frames,
     server_frame,
@@ -293,6 +293,7 @@ def received(*payloads: str | bytes) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_simple_frames_reach_the_app_as_with_stock_hypercorn_without_wsproto():
     payloads = ["one", b"two", "three" * 100, ""]
     parts = [(b"".join(client_frame(p) for p in payloads), 4)]
@@ -318,6 +319,7 @@ MIXED = [
 ]
 
 
+@pytest.mark.usefixtures("all_speedups")
 async def test_any_mix_of_frames_and_cuts_reaches_the_app_as_with_stock_hypercorn():
     lean, lean_fed = await what_the_app_received(LEAN, MIXED)
     stock, stock_fed = await what_the_app_received(STOCK, MIXED)

@@ -8,7 +8,7 @@ image registers them through ``PIPECAT_SETUP_FILES`` too).
 Nothing here may import trio-asyncio: importing it replaces ``asyncio.get_running_loop`` and
 friends process-wide with Python functions that, outside Trio, raise and catch two exceptions
 per call -- about a tenth of the baseline's CPU per pipecat call-second until 2026-11-24, when
-`pipecat_base.loader` still imported it.
+`pipecat_base.startup.loader` still imported it.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from loguru import logger
 from starlette.websockets import WebSocketState
 
 import pipecat_base
-from pipecat_base.loader import load_bot
-from pipecat_base.session_args import http_session_args, websocket_session_args
+from pipecat_base.sessions.args import http_session_args, websocket_session_args
+from pipecat_base.startup.loader import load_bot
 
-OBSERVERS_SETUP = str(Path(pipecat_base.__file__).with_name("observers_setup.py"))
+OBSERVERS_SETUP = str(Path(pipecat_base.__file__).parent / "observability" / "observers_setup.py")
 
 
 def create_app(bot: Any) -> FastAPI:
