@@ -41,6 +41,7 @@ def create_app(
     webrtc: SmallWebRTC | None = None,
     whatsapp: WhatsApp | None = None,
     moq_unavailable: str | None = moq.NO_SUPPORT,
+    webrtc_unavailable: str | None = None,
 ) -> QuartTrio:
     """Build the app serving ``supervisor``'s sessions.
 
@@ -58,6 +59,8 @@ def create_app(
             None: it is not.
         moq_unavailable: Why this image cannot serve MoQ sessions (the ``transport.moq``
             capability's reason), or None when it can.
+        webrtc_unavailable: Without ``webrtc``: why (the ``transport.webrtc`` capability's
+            reason); ``/api/offer`` then answers 404 saying so. None: it is not served.
     """
     app = speedups.app_class(QuartTrio)("pipecat_base")
     # `/ws` reads the raw ASGI channel; see `transports.websocket`.
@@ -77,6 +80,8 @@ def create_app(
     app.register_blueprint(websocket.blueprint(routes))
     if webrtc is not None:
         app.register_blueprint(webrtc_routes.blueprint(routes))
+    elif webrtc_unavailable is not None:
+        app.register_blueprint(webrtc_routes.unavailable_blueprint(webrtc_unavailable))
     if whatsapp is not None:
         app.register_blueprint(whatsapp_routes.blueprint(routes))
     app.register_blueprint(probes.blueprint(routes))

@@ -83,15 +83,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         jsonl = open_jsonl(settings.log_dir)
         if jsonl is not None:
+            # Before loguru is first imported (by pipecat, the bot, or our own modules below):
+            # its default sink then writes to the capture's tee, which turns each record into
+            # an `app` record of the lane with its level (`capture`).
             capture = capture_module.install(jsonl, attribution)
+            guard.attach(jsonl.path, capture.real_stderr_fd)
 
     from pipecat_base.startup import compat
+
+    lane_line = capture.app_line if capture is not None else None
 
     plain_asyncio = compat.plain_asyncio_mode()
     if not plain_asyncio:
         refusal = compat.run_check("pipecat-ai", compat.check_pipecat)
         if refusal:
-            compat.refuse(refusal, settings.termination_log_path)
+            compat.refuse(refusal, settings.termination_log_path, lane=lane_line)
 
     from pipecat_base.startup.loader import BotLoadError, load_bot
 
@@ -107,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if checked is not None:
             refusal, type_warnings = checked
             if refusal:
-                compat.refuse(refusal, settings.termination_log_path)
+                compat.refuse(refusal, settings.termination_log_path, lane=lane_line)
 
     import trio
     from loguru import logger

@@ -14,7 +14,20 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipecat_base import _speedups as speedups
+# The speedups (`pipecat_base._speedups`) and the variable that selects them (`parse_speedups`).
+SPEEDUPS_VAR = "PIPECAT_BASE_SPEEDUPS"
+SPEEDUP_NAMES = (
+    "tcp_server",
+    "app_inbox",
+    "checkpoints",
+    "ws_frames",
+    "frame_writer",
+    "http_connection",
+    "route_matching",
+    "loop_scheduler",
+)
+_ON = frozenset({"", "1", "on", "all", "true"})
+_OFF = frozenset({"0", "off", "none", "false"})
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
@@ -75,7 +88,7 @@ class Settings(BaseSettings):
     exclude_content: bool = Field(False, validation_alias="PCC_EXCLUDE_CONTENT")
     # The fast paths into libraries' internals (`pipecat_base._speedups`): all, none, some.
     # Kept as written; `speedups.install` engages what it selects.
-    speedups: str = Field("1", validation_alias=speedups.ENV_VAR)
+    speedups: str = Field("1", validation_alias=SPEEDUPS_VAR)
 
     @field_validator(
         "shutdown_timeout",
@@ -117,7 +130,7 @@ class Settings(BaseSettings):
     @field_validator("speedups", mode="before")
     @classmethod
     def _speedup_names(cls, value: object) -> str:
-        speedups.parse(str(value))  # a name that is no speedup fails startup here
+        parse_speedups(str(value))  # a name that is no speedup fails startup here
         return str(value)
 
     @field_validator("exclude_content", mode="before")
@@ -125,6 +138,37 @@ class Settings(BaseSettings):
     def _any_but_false(cls, value: object) -> bool:
         # Any value but empty or "false" excludes content, so a typo errs on the side of privacy.
         return str(value).strip().lower() not in ("", "false")
+
+
+def parse_speedups(raw: str | None) -> frozenset[str]:
+    """The speedups ``PIPECAT_BASE_SPEEDUPS=raw`` selects.
+
+    Unset, ``1``, ``on`` or ``all``: every one; ``0``, ``off`` or ``none``: none;
+    ``-ws_frames,-frame_writer``: all but those; ``tcp_server,app_inbox``: only those.
+
+    Raises:
+        ValueError: a name that is not a speedup, or ``-name`` mixed with plain names.
+    """
+    text = (raw or "").strip().lower()
+    if text in _ON:
+        return frozenset(SPEEDUP_NAMES)
+    if text in _OFF:
+        return frozenset()
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    removing = [item.startswith("-") for item in items]
+    if any(removing) and not all(removing):
+        raise ValueError(
+            "either name the speedups to run or, each with a leading '-', the ones to leave off; "
+            "not both"
+        )
+    names = [item.lstrip("-") for item in items]
+    unknown = [name for name in names if name not in SPEEDUP_NAMES]
+    if unknown:
+        raise ValueError(
+            f"no speedup named {', '.join(unknown)} (the speedups: {', '.join(SPEEDUP_NAMES)})"
+        )
+    chosen = frozenset(names)
+    return frozenset(SPEEDUP_NAMES) - chosen if all(removing) else chosen
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

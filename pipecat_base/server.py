@@ -80,6 +80,9 @@ from pipecat_base.transports.whatsapp import WHATSAPP_PATH, WhatsApp
 # How long Hypercorn lets open connections finish once sessions are over: their responses are
 # ready by then, so this only bounds slow clients.
 HTTP_GRACEFUL_TIMEOUT = 2.0
+# The lines uvicorn logs once the app is up and once it is down (the existing image's server).
+STARTUP_COMPLETE = "Application startup complete."
+SHUTDOWN_COMPLETE = "Application shutdown complete."
 
 
 @dataclass
@@ -137,7 +140,7 @@ async def open_runtime(
     except Exception as exc:  # the server serves without it; the path answers 404
         logger.warning(f"Not reporting capabilities: {exc}")
     user_app = load_session_api_app()
-    own_paths = own_paths_for(features)
+    own_paths = own_paths_for(features, user_app)
     for path in shadowed_routes(user_app, own_paths):
         logger.warning(
             f"pipecatcloud_system.app defines {path}, which the server serves itself: the "
@@ -189,6 +192,7 @@ async def open_runtime(
             webrtc=webrtc,
             whatsapp=whatsapp,
             moq_unavailable=unavailable(features, MOQ),
+            webrtc_unavailable=unavailable(features, WEBRTC),
         )
         asgi = Dispatcher(
             app,
@@ -218,10 +222,11 @@ async def open_runtime(
             watchdog.close()
 
 
-def own_paths_for(features: list[Feature]) -> frozenset[str]:
-    """The paths our app serves (the optional transports' only when they are enabled)."""
+def own_paths_for(features: list[Feature], user_app: Any = None) -> frozenset[str]:
+    """The paths our app serves: the optional transports' when they are enabled; the offer
+    path also when SmallWebRTC is not, to say why, unless the bot's app serves that path."""
     paths = set(OWN_PATHS)
-    if enabled(features, WEBRTC):
+    if enabled(features, WEBRTC) or not shadowed_routes(user_app, [OFFER_PATH]):
         paths.add(OFFER_PATH)
     if enabled(features, WHATSAPP):
         paths.add(WHATSAPP_PATH)
@@ -342,10 +347,13 @@ class Server:
                 control.start_soon(self._shutdown_sequence)
                 binds = await control.start(self._serve_http, runtime.asgi)
                 logger.info(f"Serving bot {self.bot_module.name} on {', '.join(binds)}")
+                # uvicorn's words, which the existing image printed and log alerts key on.
+                logger.info(STARTUP_COMPLETE)
                 task_status.started(binds)
                 await self._http_stopped.wait()
                 control.cancel_scope.cancel()  # the signal watcher runs until told to stop
             logger.info("Server stopped")
+        logger.info(SHUTDOWN_COMPLETE)
 
     async def _serve_http(self, app: Any, *, task_status: trio.TaskStatus[list[str]]) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -10,10 +11,20 @@ import pytest
 
 from pipecat_base.app import create_app
 from pipecat_base.startup.capabilities import CapabilityError, build_document, clean_text, validate
+from pipecat_base.startup.compat import unbuildable
 from pipecat_base.startup.features import CAPABILITIES, Feature, detect
 
 from .conftest import PIPECAT
 from .process import BOTS
+
+
+@dataclasses.dataclass
+class FakeWebRTC:
+    """pipecatcloud's SmallWebRTC session type, as far as building one goes."""
+
+    session_id: str | None = None
+    body: object = None
+    webrtc_connection: object = None
 
 
 def test_document_for_the_installed_packages():
@@ -57,21 +68,21 @@ def _finder(missing: set[str]):
     [
         (
             set(),
-            object,
+            lambda: FakeWebRTC,
             {"WHATSAPP_TOKEN": "t", "WHATSAPP_PHONE_NUMBER_ID": "1", "WHATSAPP_APP_SECRET": "s"},
             None,
             None,
         ),
         (
             set(),
-            object,
+            lambda: FakeWebRTC,
             {"WHATSAPP_TOKEN": "t"},
             None,
             "Missing environment variables: WHATSAPP_PHONE_NUMBER_ID, WHATSAPP_APP_SECRET",
         ),
         (
             {"aiortc"},
-            object,
+            lambda: FakeWebRTC,
             {},
             "No module named 'aiortc' (needs pipecat-ai with the webrtc extra)",
             "Requires SmallWebRTC (transport.webrtc) to be enabled",
@@ -85,7 +96,7 @@ def _finder(missing: set[str]):
         ),
         (
             {"pipecat.transports.whatsapp.client"},
-            object,
+            lambda: FakeWebRTC,
             {"WHATSAPP_TOKEN": "t"},
             None,
             "No module named 'pipecat.transports.whatsapp.client'",
@@ -189,3 +200,42 @@ async def test_a_document_that_cannot_be_built_answers_404_to_every_method(make_
 async def test_trailing_slash_is_not_the_capability_path(make_supervisor):
     client = create_app(make_supervisor(lambda args: None), capabilities=b"{}").test_client()
     assert (await client.get("/pcc/capabilities/")).status_code == 404
+
+
+@dataclasses.dataclass
+class UnbuildableWebRTC(FakeWebRTC):
+    """As pipecatcloud's type with a pipecat whose base class lost ``__post_init__``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]
+
+
+def test_a_session_type_that_does_not_build_is_reported_unavailable_with_why():
+    found = {f.name: f for f in detect(_finder(set()), settings=_settings(),
+                                       webrtc_type=lambda: UnbuildableWebRTC)}  # fmt: skip
+    webrtc = found["transport.webrtc"]
+    assert not webrtc.available
+    assert "cannot build the SmallWebRTCSessionArguments this image hands bot()" in webrtc.reason
+    assert "'super' object has no attribute '__post_init__'" in webrtc.reason
+    assert found["whatsapp"].reason == "Requires SmallWebRTC (transport.webrtc) to be enabled"
+    document = json.loads(build_document(f for f in found.values() if f.name in CAPABILITIES))
+    assert document["capabilities"]["transport.webrtc"]["available"] is False
+
+
+def test_a_moq_session_type_that_does_not_build_is_a_reason_too():
+    reason = unbuildable("MOQSessionArguments", UnbuildableWebRTC)
+    assert reason is not None
+    assert "cannot build the MOQSessionArguments this image hands bot()" in reason
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_an_image_without_smallwebrtc_refuses_offers_saying_why(make_supervisor, method):
+    async def bot(args):
+        raise AssertionError("no session may start")
+
+    app = create_app(make_supervisor(bot), webrtc_unavailable="the reason")
+    response = await app.test_client().open("/api/offer", method=method, json={"sdp": "x"})
+    assert response.status_code == 404
+    assert await response.get_json() == {
+        "detail": "SmallWebRTC sessions are unavailable in this image: the reason"
+    }

@@ -3,6 +3,8 @@ whose ``pipecat`` is a stub package placed first on ``PYTHONPATH``."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -235,3 +237,148 @@ async def test_missing_pipecat_is_refused_in_a_child_process(tmp_path):
         "or newer: add it to the agent image and deploy again."
     )
     assert "CRITICAL: Refusing to start: pipecat-ai is not installed" in server.text
+
+
+# -- the session types, with dataclasses standing in for pipecatcloud's and pipecat's ----------
+
+
+@dataclasses.dataclass
+class _Args:
+    session_id: str | None = None
+    body: object = None
+
+
+@dataclasses.dataclass
+class _NoBody:
+    session_id: str | None = None
+
+
+def _typed(name: str, cls: type) -> type:
+    return type(name, (cls,), {})
+
+
+def agent_module(**overrides: object) -> ModuleType:
+    """A ``pipecatcloud.agent`` whose types build, but for ``overrides`` (None: absent)."""
+    agent = ModuleType("pipecatcloud.agent")
+
+    @dataclasses.dataclass
+    class Daily(_Args):
+        room_url: str = ""
+        token: str = ""
+
+    @dataclasses.dataclass
+    class WebSocket(_Args):
+        websocket: object = None
+
+    @dataclasses.dataclass
+    class WebRTC(_Args):
+        webrtc_connection: object = None
+
+    types = {
+        "DailySessionArguments": Daily,
+        "PipecatSessionArguments": _typed("PipecatSessionArguments", _Args),
+        "WebSocketSessionArguments": WebSocket,
+        "SmallWebRTCSessionArguments": WebRTC,
+        **overrides,
+    }
+    for name, cls in types.items():
+        if cls is not None:
+            setattr(agent, name, cls)
+    return agent
+
+
+def runner_types(runner: type) -> ModuleType:
+    module = ModuleType("pipecat.runner.types")
+    module.RunnerArguments = runner  # type: ignore[attr-defined]
+    return module
+
+
+VERSIONS = {"pipecatcloud": "0.2.0", "pipecat-ai": "0.0.85"}.get
+
+
+def check(agent: ModuleType, runner: type = _Args) -> tuple[str | None, list[str]]:
+    modules = {"pipecatcloud.agent": agent, "pipecat.runner.types": runner_types(runner)}
+    return compat.check_session_types(modules.__getitem__, VERSIONS)
+
+
+def test_current_types_are_silent():
+    assert check(agent_module()) == (None, [])
+
+
+def test_an_optional_type_that_is_absent_says_nothing():
+    assert check(agent_module(SmallWebRTCSessionArguments=None)) == (None, [])
+
+
+def test_an_optional_type_that_does_not_build_is_a_warning_in_the_contracts_words():
+    @dataclasses.dataclass
+    class Broken(_Args):  # as pipecatcloud with a pipecat whose base lost __post_init__
+        webrtc_connection: object = None
+
+        def __post_init__(self) -> None:
+            super().__post_init__()  # type: ignore[misc]
+
+    reason, warnings = check(agent_module(SmallWebRTCSessionArguments=Broken))
+    assert reason is None
+    assert warnings == [
+        "pipecatcloud 0.2.0 with pipecat-ai 0.0.85 cannot build the SmallWebRTCSessionArguments "
+        "this image hands bot() (AttributeError: 'super' object has no attribute "
+        "'__post_init__'): the image serves without it, and the transports that need it are off."
+    ]
+
+
+def test_old_versions_get_the_contracts_deprecation_warnings():
+    @dataclasses.dataclass
+    class StandaloneWebSocket:  # pipecatcloud's own type, not pipecat's runner arguments
+        session_id: str | None = None
+        websocket: object = None
+
+    reason, warnings = check(
+        agent_module(WebSocketSessionArguments=StandaloneWebSocket), runner=_NoBody
+    )
+    assert reason is None
+    assert warnings == [
+        "pipecat-ai 0.0.85 is older than 0.0.91 and deprecated on this image, which supports "
+        "pipecat-ai 0.0.78 or newer: a future release will need pipecat-ai 0.0.91 or newer, so "
+        "upgrade it in the agent image.",
+        "pipecatcloud 0.2.0's WebSocketSessionArguments does not take the request body, which "
+        "is deprecated on this image: a future release will need pipecatcloud 0.2.1 or newer, "
+        "so upgrade it in the agent image (or leave pipecatcloud to the image).",
+    ]
+
+
+def test_the_pipecat_deprecation_names_the_installed_pipecat_when_it_has_no_version():
+    modules = {"pipecatcloud.agent": agent_module(), "pipecat.runner.types": runner_types(_NoBody)}
+    _, warnings = compat.check_session_types(modules.__getitem__, lambda _dist: None)
+    assert warnings[0].startswith("The installed pipecat-ai is older than 0.0.91")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 serves plain asyncio bots instead")
+@pytest.mark.parametrize("lane", [False, True], ids=["lane-off", "lane-on"])
+async def test_a_refusal_reaches_the_real_streams_whatever_the_bot_did_to_them(tmp_path, lane):
+    stubs = stub_pipecat(
+        tmp_path / "stubs", "1.0.0", {"runner/__init__.py": "", "runner/types.py": TYPES_OK}
+    )
+    env = {"PYTHONPATH": str(stubs), "PCC_TERMINATION_LOG_PATH": str(tmp_path / "termination")}
+    if lane:
+        env["PCC_LOG_DIR"] = str(tmp_path / "logs")
+    bot = BOTS / "stream_hiding_bot.py"
+    async with server_process(bot, env=env, wait_ready=False, capture_stdout=True) as server:
+        with trio.fail_after(30):
+            assert await server.wait_exit() == 78
+    line = (tmp_path / "termination").read_text()
+    assert line.startswith("Refusing to start: ")
+    assert f"CRITICAL: {line}\n" in server.text  # the bot's StringIO did not swallow it
+    assert server.stdout.decode() == "import-time print\n"  # flushed before os._exit
+    if lane:
+        records = [
+            json.loads(r) for r in (tmp_path / "logs" / "bot.jsonl").read_text().splitlines()
+        ]
+        assert {k: v for k, v in records[-1].items() if k != "@timestamp"} == {
+            "stream": "app",
+            "level": "CRITICAL",
+            "line": line,
+        }
+        assert {"stream": "stdout", "line": "import-time print"} in [
+            {k: v for k, v in r.items() if k != "@timestamp"} for r in records
+        ]

@@ -39,6 +39,10 @@ async def test_records_streams_levels_sessions_and_console_unchanged(tmp_path):
     recs = records(log_dir)
     assert find(recs, "import print") == [{"stream": "stdout", "line": "import print"}]
     assert find(recs, "import stderr") == [{"stream": "stderr", "line": "import stderr"}]
+    # Written through loguru before the server configured logging: an app record all the same.
+    assert find(recs, "import logger line") == [
+        {"stream": "app", "level": "INFO", "line": "import logger line"}
+    ]
     assert find(recs, "session log ünï") == [
         {"stream": "app", "level": "INFO", "session_id": "lane-1", "line": "session log ünï"}
     ]

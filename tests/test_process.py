@@ -6,6 +6,7 @@ These run on the real clock (a child process has no virtual time); every wait is
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+
+from pipecat_base.startup.early_sigterm import MESSAGE as EARLY_SIGTERM
 
 from .process import BOTS, server_process
 
@@ -65,6 +68,12 @@ async def test_console_format_and_probes_kept_out_of_the_access_log(tmp_path: Pa
     assert "/livez" not in server.text  # ...but probes stay out of it
     assert "/readyz" not in server.text
     assert "/metrics" not in server.text
+    # uvicorn's two lines, which log-based alerts on the existing image key on, each once.
+    lines = server.text.splitlines()
+    started = [i for i, line in enumerate(lines) if line.endswith("Application startup complete.")]
+    ended = [i for i, line in enumerate(lines) if line.endswith("Application shutdown complete.")]
+    assert len(started) == len(ended) == 1
+    assert started[0] < ended[0]
 
 
 async def test_idle_shutdown_skips_the_interpreters_last_collection_of_a_large_heap(
@@ -167,6 +176,25 @@ async def test_sigterm_during_slow_bot_import_exits_0_promptly():
     lines = server.text.splitlines()
     assert lines[-1] == "SIGTERM received before the server was up; nothing to drain, exiting"
     assert "Serving bot" not in server.text
+
+
+async def test_early_sigterm_with_the_lane_on_is_an_app_warning_record(tmp_path: Path):
+    log_dir = tmp_path / "logs"
+    env = {"PCC_LOG_DIR": str(log_dir)}
+    async with server_process(BOTS / "slow_import_bot.py", env=env, wait_ready=False) as server:
+        with trio.fail_after(30):
+            await server.wait_for_output(b"IMPORTING")
+        code, _ = await server.terminate()
+    assert code == 0
+    assert server.text.splitlines()[-1] == EARLY_SIGTERM
+    records = [json.loads(line) for line in (log_dir / "bot.jsonl").read_text().splitlines()]
+    last = records[-1]
+    assert {k: v for k, v in last.items() if k != "@timestamp"} == {
+        "stream": "app",
+        "level": "WARNING",
+        "line": EARLY_SIGTERM,
+    }
+    assert not [r for r in records if r["stream"] == "stderr" and r["line"] == EARLY_SIGTERM]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ path in ``tests/``). Nothing outside this package imports those modules: the ser
 `acquire`, `send`, `inbox_of`, `frame_writer_of`, `app_class`, `adapt_loop` -- which answers
 with the stock behaviour for every speedup that is not engaged.
 
-``PIPECAT_BASE_SPEEDUPS`` selects them (`parse`):
+``PIPECAT_BASE_SPEEDUPS`` selects them (`config.parse_speedups`):
 
 * unset, ``1``, ``on`` or ``all``: every speedup (the default);
 * ``0``, ``off`` or ``none``: none -- stock Hypercorn, wsproto, Quart, quart-trio, werkzeug and
@@ -43,10 +43,13 @@ from pipecat_base._speedups.http_connection import DirectHTTPConnection, DirectR
 from pipecat_base._speedups.loop_scheduler import install as install_loop_scheduler
 from pipecat_base._speedups.route_matching import RememberingMap
 from pipecat_base._speedups.tcp_server import LeanTaskGroup, LeanTCPServer
+from pipecat_base.config import SPEEDUP_NAMES, SPEEDUPS_VAR, parse_speedups
 
 T = TypeVar("T")
 
-ENV_VAR = "PIPECAT_BASE_SPEEDUPS"
+ENV_VAR = SPEEDUPS_VAR
+# Selection is part of the settings (`config.parse_speedups`); re-exported for callers here.
+parse = parse_speedups
 
 
 @dataclass(frozen=True)
@@ -91,42 +94,12 @@ SPEEDUPS: dict[str, Speedup] = {
         {"trio-asyncio": ">=0.16,<0.17"},
     ),
 }
-NAMES = tuple(SPEEDUPS)
-
-_ON = frozenset({"", "1", "on", "all", "true"})
-_OFF = frozenset({"0", "off", "none", "false"})
+NAMES = SPEEDUP_NAMES
+assert set(SPEEDUPS) == set(NAMES), "every speedup the settings name has an entry here"
 
 # Hypercorn's own classes, put back when a speedup that replaced them is switched off.
 _STOCK_TCP_SERVER = hypercorn.trio.run.TCPServer
 _STOCK_TASK_GROUP = hypercorn.trio.tcp_server.TaskGroup
-
-
-def parse(raw: str | None) -> frozenset[str]:
-    """The speedups ``PIPECAT_BASE_SPEEDUPS=raw`` selects (see the module docstring).
-
-    Raises:
-        ValueError: a name that is not a speedup, or ``-name`` mixed with plain names.
-    """
-    text = (raw or "").strip().lower()
-    if text in _ON:
-        return frozenset(NAMES)
-    if text in _OFF:
-        return frozenset()
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    removing = [item.startswith("-") for item in items]
-    if any(removing) and not all(removing):
-        raise ValueError(
-            f"{ENV_VAR}={raw!r}: either name the speedups to run or, each with a leading '-', "
-            "the ones to leave off; not both"
-        )
-    names = [item.lstrip("-") for item in items]
-    unknown = [name for name in names if name not in SPEEDUPS]
-    if unknown:
-        raise ValueError(
-            f"{ENV_VAR}={raw!r}: no speedup named {', '.join(unknown)} "
-            f"(the speedups: {', '.join(NAMES)})"
-        )
-    return frozenset(NAMES) - frozenset(names) if all(removing) else frozenset(names)
 
 
 def installed_version(distribution: str) -> str | None:
@@ -162,7 +135,7 @@ def install(
     again replaces the selection (tests run both ways in one process).
 
     Raises:
-        ValueError: ``raw`` does not parse.
+        ValueError: ``raw`` does not parse (`config.parse_speedups`).
     """
     engaged = set()
     for name in sorted(parse(raw)):

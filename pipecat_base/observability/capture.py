@@ -14,6 +14,13 @@ Two paths, because they fail differently:
 
 The console sink writes to the real stderr (`Capture.console`), never into a captured
 descriptor: the existing image once fed its own output back into the capture, 43 MB in 50 ms.
+
+**Before logging is configured** (pipecat's import banner, a bot's import-time ``logger`` lines,
+pipecatcloud's own sink), loguru writes to ``sys.stderr`` -- the tee, provided loguru is first
+imported after `install` (the CLI keeps it so, and a test checks it). The tee recognises a
+loguru message (it carries its ``record``) and writes it to the lane as an ``app`` record with
+its level, as every later record is; `Capture.app_line` does the same for the lines the server
+writes itself before logging is up (the early-SIGTERM warning, a refusal).
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from pipecat_base.bridge.session_tasks import current_session_id
 from pipecat_base.observability.attribution import Attribution
-from pipecat_base.observability.lane import JsonlFile
+from pipecat_base.observability.lane import NO_SESSION, JsonlFile
 
 MAX_LINE = 16 * 1024
+# How long the pump threads get to pass on what native code wrote just before a hard exit.
+PUMP_BEAT = 0.05
 TRUNCATED = " ...[truncated]"
 
 
@@ -91,6 +99,12 @@ class _Sink:
                 for line in lines:
                     self._jsonl.record(self.stream, line, session_id=session_id)
 
+    def write_app(self, console: str, line: str, level: str, session_id: str | None = None) -> None:
+        """``console`` to the real descriptor, ``line`` to the lane as one ``app`` record."""
+        with self._lock:
+            _write_all(self.real_fd, console.encode("utf-8", "replace"))
+            self._jsonl.record("app", line, session_id=session_id, level=level)
+
     def flush_partial(self) -> None:
         with self._lock:
             for line in self._assembler.flush():
@@ -113,7 +127,14 @@ class TeeStream(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        self._sink.write(text.encode("utf-8", "replace"))
+        record = getattr(text, "record", None)  # a loguru message: see the module docstring
+        if isinstance(record, dict) and "level" in record:
+            session_id = record["extra"].get("session_id")
+            level = record["level"].name
+            session = None if session_id in (None, NO_SESSION) else str(session_id)
+            self._sink.write_app(text, _lane_text(text, record), level, session)
+        else:
+            self._sink.write(text.encode("utf-8", "replace"))
         return len(text)
 
     def fileno(self) -> int:
@@ -167,7 +188,7 @@ class Capture:
 
     def __init__(self, jsonl: JsonlFile, attribution: Attribution) -> None:
         def by_context() -> str | None:
-            return current_session_id() or attribution.current()
+            return _context_session() or attribution.current()
 
         self._sinks: list[_Sink] = []
         self._pipes: list[FdCapture] = []
@@ -183,10 +204,40 @@ class Capture:
         # The console sink's stream: the real stderr, bypassing the capture (see module doc).
         self.console: TextIO = os.fdopen(os.dup(real_stderr), "w", buffering=1, encoding="utf-8")
 
+    def app_line(self, level: str, line: str, console: str | None = None) -> None:
+        """One line of the server's own, before logging is configured: ``console`` (default:
+        the line) to the real stderr, and the line to the lane as an ``app`` record with
+        ``level``. Partial lines waiting for a newline are recorded first."""
+        self.flush()
+        self._sinks[2].write_app((console or line) + "\n", line, level)
+
+    @property
+    def real_stderr_fd(self) -> int:
+        """The real stderr, past the capture."""
+        return self._sinks[2].real_fd
+
     def flush(self) -> None:
         """Record partial lines still waiting for a newline (at exit)."""
         for sink in self._sinks:
             sink.flush_partial()
+
+
+def _lane_text(text: str, record: dict[str, Any]) -> str:
+    """A loguru record's lane line, as the lane sink writes it (``{message}\n{exception}``):
+    its message, then the traceback the console text carries after the first line."""
+    message = str(record["message"])
+    if record.get("exception") is None:
+        return message
+    traceback = text.split("\n", 1)[1] if "\n" in text.rstrip("\n") else ""
+    return f"{message}\n{traceback}".rstrip("\n")
+
+
+def _context_session() -> str | None:
+    # Imported on first use, not with this module: it imports loguru, whose default sink binds
+    # to whatever ``sys.stderr`` is at that moment -- it must be the tee (see the module doc).
+    from pipecat_base.bridge.session_tasks import current_session_id
+
+    return current_session_id()
 
 
 def install(jsonl: JsonlFile, attribution: Attribution) -> Capture:

@@ -91,6 +91,10 @@ class JsonlFile:
         self.write(record)
 
 
+# The session id of a record made outside any session (loguru's ``extra``).
+NO_SESSION = "NONE"
+
+
 def open_jsonl(log_dir: str) -> JsonlFile | None:
     """Create the directory and open the file; on failure one stderr line, and no lane."""
     try:

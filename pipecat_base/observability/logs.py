@@ -19,13 +19,12 @@ from typing import Any, TextIO
 
 from loguru import logger
 
-from pipecat_base.observability.lane import JsonlFile
+from pipecat_base.observability.lane import NO_SESSION, JsonlFile
 
 CONSOLE_FORMAT = (
     "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} | "
     "{extra[session_id]} - {message}"
 )
-NO_SESSION = "NONE"
 PROBE_PATHS = ("/livez", "/readyz", "/metrics")
 
 Redaction = Callable[[str], str]

@@ -16,6 +16,18 @@ from pipecat_base.sessions.inputs import BadInput
 from pipecat_base.transports.webrtc import OFFER_PATH, NotWaiting, parse_offer, parse_patch
 
 
+def unavailable_blueprint(reason: str) -> Blueprint:
+    """The offer routes of an image that cannot serve SmallWebRTC: a 404 that says why (the
+    capability document says the same), instead of a bot that fails at its start."""
+    bp = Blueprint("webrtc_unavailable", __name__)
+
+    @bp.route(OFFER_PATH, methods=["POST", "PATCH"])
+    async def webrtc_unavailable() -> Any:
+        return detail(f"SmallWebRTC sessions are unavailable in this image: {reason}", 404)
+
+    return bp
+
+
 def blueprint(routes: Routes) -> Blueprint:
     """The offer routes over ``routes`` (whose ``webrtc`` is set)."""
     bp = Blueprint("webrtc", __name__)

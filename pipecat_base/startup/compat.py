@@ -15,15 +15,20 @@ server serves plain asyncio bots with its own argument types and says so once.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from importlib import metadata
 from types import ModuleType
 from typing import Any, NoReturn
+
+from pipecat_base.observability.capture import PUMP_BEAT
 
 EXIT_REFUSED = 78
 MINIMUM = "0.0.78"
@@ -101,14 +106,41 @@ def check_pipecat(
 
 
 # Probe values for building each session type: nothing real is connected.
-_REQUIRED: dict[str, dict[str, Any]] = {
+PROBE_FIELDS: dict[str, dict[str, Any]] = {
     "DailySessionArguments": {"room_url": "https://probe.invalid/", "token": "probe"},
     "PipecatSessionArguments": {},
     "WebSocketSessionArguments": {"websocket": object()},
+    "SmallWebRTCSessionArguments": {"webrtc_connection": object()},
+    "MOQSessionArguments": {
+        "relay_url": "https://probe.invalid/moq",
+        "namespace": "probe",
+        "participant_id": "response",
+        "peer_id": "request",
+    },
 }
-_OPTIONAL: dict[str, dict[str, Any]] = {
-    "SmallWebRTCSessionArguments": {"webrtc_connection": object()}
-}
+_REQUIRED = ("DailySessionArguments", "PipecatSessionArguments", "WebSocketSessionArguments")
+_OPTIONAL = ("SmallWebRTCSessionArguments",)
+BODY_VERSION = "0.0.91"
+PIPECATCLOUD_BODY_VERSION = "0.2.1"
+
+
+def unbuildable(name: str, cls: type, version: Versioner = installed_version) -> str | None:
+    """Why session type ``name`` (``cls``) cannot be built with probe values, or None.
+
+    The capability report uses it too: a type that does not build is a transport the image
+    cannot serve, whatever its modules say.
+    """
+    from pipecat_base.sessions.args import build
+
+    try:
+        build(cls, body={}, session_id="probe", **PROBE_FIELDS[name])
+    except Exception as exc:
+        pc = _named("pipecatcloud", version("pipecatcloud"))
+        pipecat = _named("pipecat-ai", version("pipecat-ai"))
+        return (
+            f"{pc} with {pipecat} cannot build the {name} this image hands bot() ({_detail(exc)})"
+        )
+    return None
 
 
 def check_session_types(
@@ -117,10 +149,10 @@ def check_session_types(
 ) -> tuple[str | None, list[str]]:
     """After the bot is imported: (why the session types cannot be built, or None; warnings).
 
-    Warnings name optional types (SmallWebRTC) that do not build: those transports are off.
+    Warnings name an optional type (SmallWebRTC) that exists but does not build (those
+    transports are off; one that is simply absent is no warning: the capability says so), and
+    the deprecations (`deprecations`).
     """
-    from pipecat_base.sessions.args import build
-
     pc = _named("pipecatcloud", version("pipecatcloud"))
     pipecat = _named("pipecat-ai", version("pipecat-ai"))
     try:
@@ -131,30 +163,68 @@ def check_session_types(
             f"{pc} cannot load its session types with {pipecat} ({_detail(cause)}). "
             f"This image supports pipecat-ai {MINIMUM} or newer."
         ), []
-    for name, fields in _REQUIRED.items():
+    for name in _REQUIRED:
         cls = getattr(agent, name, None)
         if cls is None:
             return (
                 f"{pc} has no {name}, which this image hands bot(): pin a pipecatcloud release "
                 "that has it, or leave pipecatcloud to the image."
             ), []
-        try:
-            build(cls, body={}, session_id="probe", **fields)
-        except Exception as exc:
-            return (
-                f"{pc} with {pipecat} cannot build the {name} this image hands bot() "
-                f"({_detail(exc)}). This image supports pipecat-ai {MINIMUM} or newer."
-            ), []
+        reason = unbuildable(name, cls, version)
+        if reason is not None:
+            return f"{reason}. This image supports pipecat-ai {MINIMUM} or newer.", []
     warnings = []
-    for name, fields in _OPTIONAL.items():
-        try:
-            build(getattr(agent, name), body={}, session_id="probe", **fields)
-        except Exception as exc:
+    for name in _OPTIONAL:
+        cls = getattr(agent, name, None)
+        reason = unbuildable(name, cls, version) if cls is not None else None
+        if reason is not None:
             warnings.append(
-                f"{pc} with {pipecat} cannot build {name} ({_detail(exc)}): the image serves "
-                "without it, and the transports that need it are off."
+                f"{reason}: the image serves without it, and the transports that need it are off."
             )
-    return None, warnings
+    return None, warnings + deprecations(agent, import_module, version)
+
+
+def deprecations(
+    agent: ModuleType,
+    import_module: Importer = importlib.import_module,
+    version: Versioner = installed_version,
+) -> list[str]:
+    """The deprecation warnings, worded as the existing image words them (operators grep for
+    these): a pipecat-ai whose runner arguments take no ``body``, and a standalone pipecatcloud
+    whose WebSocket session type takes none."""
+    warnings = []
+    try:
+        runner: Any = getattr(import_module("pipecat.runner.types"), "RunnerArguments", None)
+    except Exception:
+        runner = None
+    if runner is not None and not _takes_body(runner):
+        ver = version("pipecat-ai")
+        subject = f"pipecat-ai {ver}" if ver else "The installed pipecat-ai"
+        warnings.append(
+            f"{subject} is older than {BODY_VERSION} and deprecated on this image, which "
+            f"supports pipecat-ai {MINIMUM} or newer: a future release will need pipecat-ai "
+            f"{BODY_VERSION} or newer, so upgrade it in the agent image."
+        )
+    websocket = getattr(agent, "WebSocketSessionArguments", None)
+    standalone = runner is None or not (
+        isinstance(websocket, type) and issubclass(websocket, runner)
+    )
+    if websocket is not None and standalone and not _takes_body(websocket):
+        pc = _named("pipecatcloud", version("pipecatcloud"))
+        warnings.append(
+            f"{pc}'s WebSocketSessionArguments does not take the request body, which is "
+            f"deprecated on this image: a future release will need pipecatcloud "
+            f"{PIPECATCLOUD_BODY_VERSION} or newer, so upgrade it in the agent image (or leave "
+            "pipecatcloud to the image)."
+        )
+    return warnings
+
+
+def _takes_body(cls: Any) -> bool:
+    try:
+        return "body" in {f.name for f in dataclasses.fields(cls) if f.init}
+    except TypeError:  # not a dataclass: look at its constructor
+        return "body" in inspect.signature(cls).parameters
 
 
 def one_line(text: str) -> str:
@@ -164,12 +234,25 @@ def one_line(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def refuse(reason: str, termination_log: str) -> NoReturn:
-    """Write the refusal where operators look, and exit with code 78 at once."""
+def refuse(
+    reason: str, termination_log: str, *, lane: Callable[[str, str, str], None] | None = None
+) -> NoReturn:
+    """Write the refusal where operators look, and exit with code 78 at once.
+
+    Args:
+        reason: Why (made one line).
+        termination_log: ``PCC_TERMINATION_LOG_PATH``.
+        lane: With the structured lane on, `Capture.app_line`: the line goes to the real stderr
+            and to ``bot.jsonl`` as a CRITICAL ``app`` record, whatever the bot did to
+            ``sys.stderr``. Without it the line goes to the real stderr (``sys.__stderr__``),
+            which a bot that replaced ``sys.stderr`` at import cannot hide.
+    """
     line = one_line(f"Refusing to start: {reason}")
-    for stream in (sys.stdout, sys.stderr):
+    # What the bot printed at import, buffered in its own streams or the real ones, goes first.
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
-            stream.flush()
+            if stream is not None:
+                stream.flush()
         except Exception:  # a closed or broken stream must not stop the refusal
             pass
     try:
@@ -177,11 +260,19 @@ def refuse(reason: str, termination_log: str) -> NoReturn:
             log.write(line)
     except OSError:
         pass  # no termination log outside Kubernetes: stderr still says it
-    # sys.stderr, not sys.__stderr__: with the lane on it is the capture's synchronous tee,
-    # so the line reaches the console and bot.jsonl before os._exit.
-    sys.stderr.write(f"CRITICAL: {line}\n")
-    sys.stderr.flush()
+    if lane is not None:
+        time.sleep(PUMP_BEAT)  # what native code wrote just before reaches the lane first
+        lane("CRITICAL", line, f"CRITICAL: {line}")
+    else:
+        _write_real_stderr(f"CRITICAL: {line}\n")
     os._exit(EXIT_REFUSED)
+
+
+def _write_real_stderr(text: str) -> None:
+    try:
+        os.write(2, text.encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass  # nowhere left to say it: the termination log and the exit code still do
 
 
 def run_check(name: str, check: Callable[[], Any]) -> Any:

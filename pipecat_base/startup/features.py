@@ -13,7 +13,7 @@ from typing import Any
 
 from pipecat_base.config import load_settings
 from pipecat_base.sessions.args import moq_session_type, webrtc_session_type
-from pipecat_base.startup.compat import installed_name
+from pipecat_base.startup.compat import installed_name, unbuildable
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ def _module_feature(name: str, module: str, find_spec: Callable[[str], Any]) -> 
 
 OBSERVERS = "observability.observers"
 MOQ = "transport.moq"
+MOQ_CHECK_DID_NOT_RUN = "the MoQ check did not run"
 CAPABILITIES = ("transport.daily", "transport.websocket", "transport.webrtc", MOQ, "whatsapp")
 
 
@@ -73,11 +74,14 @@ def _webrtc(find_spec: Callable[[str], Any], webrtc_type: Callable[[], Any]) -> 
                 False,
                 f"No module named '{module}' (needs pipecat-ai with the webrtc extra)",
             )
-    if webrtc_type() is None:
+    cls = webrtc_type()
+    if cls is None:
         return Feature(
             WEBRTC, False, "pipecatcloud.agent has no SmallWebRTCSessionArguments (pipecatcloud)"
         )
-    return Feature(WEBRTC, True)
+    # A type that exists but cannot be built would fail every session: not served.
+    reason = unbuildable("SmallWebRTCSessionArguments", cls)
+    return Feature(WEBRTC, reason is None, reason)
 
 
 def _whatsapp(find_spec: Callable[[str], Any], webrtc: Feature, settings: Any) -> Feature:
@@ -117,7 +121,10 @@ def detect(
     if moq_reason is None:
         moq_reason = moq_unavailable_reason
     webrtc = _webrtc(find_spec, webrtc_type)
-    moq_unavailable = moq_reason(find_spec)
+    try:
+        moq_unavailable = moq_reason(find_spec)
+    except Exception:  # the check's own fault: not served, as the existing image reports it
+        moq_unavailable = MOQ_CHECK_DID_NOT_RUN
     return [
         _observers(find_spec),
         # Daily sessions reach the bot as a room URL and token; joining needs daily-python.
@@ -167,11 +174,12 @@ def moq_unavailable_reason(
             f"{installed_name('pipecat-ai')} has no MOQRunnerArguments "
             "(MoQ sessions need pipecat-ai 1.12.0 or newer)"
         )
-    if moq_session_type() is None:
+    cls = moq_session_type()
+    if cls is None:
         return (
             f"{installed_name('pipecatcloud')} has no MOQSessionArguments "
             "(MoQ sessions need pipecatcloud 1.3.0 or newer)"
         )
     if not module_found(find_spec, "moq"):
         return "No module named 'moq' (needs pipecat-ai's moq extra)"
-    return None
+    return unbuildable("MOQSessionArguments", cls)

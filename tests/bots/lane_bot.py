@@ -7,6 +7,7 @@ from loguru import logger
 
 print("import print")
 sys.stderr.write("import stderr\n")
+logger.info("import logger line")  # before the server configures logging
 
 
 async def bot(args):
