@@ -25,7 +25,7 @@ import functools
 import json
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -362,7 +362,7 @@ class SessionSupervisor:
                             # this session's id, every task it creates is known to belong to
                             # this session, and what its observers publish is this session's.
                             with tasks.owning():
-                                task = self._loop.create_task(self._bot(args))
+                                task = self._loop.create_task(_contained(self._bot(args)))
                             events.publish("session_info", self.runtime_info)
                             await wait_task(task, cancel_grace=self._cancel_grace)
             except ConnectionNeverArrived as exc:
@@ -393,6 +393,10 @@ class SessionSupervisor:
                     )
                 )
                 self._unregister(handle)
+                # A cancelled bot's frames (and what they hold) hang on its task's exception:
+                # let go of it before collecting, or a cancelled session keeps its memory.
+                task = None
+                del tasks
                 if self._release_memory and not self._sessions:
                     with trio.CancelScope(shield=True):
                         await self._release_after_session()
@@ -500,6 +504,22 @@ class SessionSupervisor:
         self._sessions.discard(handle)
         if not self._sessions:
             self._idle.set()
+
+
+class BotExited(Exception):
+    """``bot()`` raised SystemExit or KeyboardInterrupt (its cause).
+
+    asyncio lets those two out of the event loop, which every session shares; as an ordinary
+    exception it ends only the session that raised it (outcome ``error``). Any other
+    BaseException a bot raises stays on its task, as asyncio keeps it.
+    """
+
+
+async def _contained(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise BotExited(f"bot() raised {type(exc).__name__}: {_describe(exc)}") from exc
 
 
 async def stop_unless_ended(handle: SessionHandle, grace: float) -> None:

@@ -261,10 +261,12 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
     from trio_asyncio import _base as trio_asyncio_base
 
     async_handle = getattr(trio_asyncio_base, "AsyncHandle", None)
+    exit_class = getattr(trio_asyncio_base, "TrioAsyncioExit", None)
     sniffio_local = getattr(trio_asyncio_base, "sniffio_library", None)
     if (
         getattr(loop, "_main_loop_one", None) is None
         or async_handle is None
+        or exit_class is None
         or sniffio_local is None
         or not isinstance(getattr(loop, "_timers", None), list)
         or not isinstance(getattr(loop, "_q_send", None), trio.MemorySendChannel)
@@ -316,11 +318,28 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
                         await start_trio_task(self, handle)
                         previous = begin(self)
                     elif not handle._cancelled:
-                        handle._run()
+                        try:
+                            handle._run()
+                        except (SystemExit, KeyboardInterrupt) as exc:
+                            contain(self, handle, exc)
                 if clock() >= stop_at:
                     break
         finally:
             end(previous)
+
+    def contain(self: Any, handle: asyncio.Handle, exc: BaseException) -> None:
+        # asyncio lets SystemExit and KeyboardInterrupt out of a callback on purpose, to end
+        # run_forever; here that would end the loop every session shares. The loop's own stop
+        # (trio-asyncio's exit, a SystemExit) still goes through.
+        if isinstance(exc, exit_class):
+            raise exc
+        task = getattr(getattr(handle, "_callback", None), "__self__", None)
+        if isinstance(task, asyncio.Task) and task.done():
+            return  # a task's step: the exception is on the task, whose owner reports it
+        self.call_exception_handler(
+            {"message": f"{type(exc).__name__} raised by an asyncio callback; the loop goes on",
+             "exception": exc, "handle": handle}
+        )  # fmt: skip
 
     async def main_loop_one(self: Any, no_wait: bool = False) -> None:
         if no_wait:  # the loop's shutdown drain: an iteration per call, WouldBlock when empty

@@ -62,12 +62,55 @@ async def open_bridge_loop() -> AsyncIterator[trio_asyncio.TrioEventLoop]:
     on by `wait_task` are unregistered first so they cannot hold the exit.
     """
     async with trio_asyncio.open_loop() as loop:
-        adapt_loop(loop)
-        yield loop
+        guard = adapt_loop(loop)
+        try:
+            yield loop
+        finally:
+            guard.release()  # trio-asyncio's own exit stops and closes it
 
 
-def adapt_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Install the logging exception handler, executor and signal adaptations on ``loop``."""
+class LoopGuard:
+    """Refuses ``loop.stop()`` and ``loop.close()`` from bot code while the server serves.
+
+    asyncio code may stop or close its loop to end itself; here one loop serves every session,
+    and a stopped trio-asyncio loop runs no more callbacks -- every later session would hang
+    while the probes still answer. The call is refused with an ERROR in the caller's session;
+    `release` lets the loop's own exit through.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.released = False
+        stop, close = loop.stop, loop.close
+
+        def guarded_stop(self_: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.released:
+                return stop(*args, **kwargs)
+            _refuse("stop")
+            return trio.Event()  # trio-asyncio's stop() returns the event of its stop
+
+        def guarded_close(self_: Any) -> None:
+            if self.released:
+                close()
+            else:
+                _refuse("close")
+
+        loop.stop = types.MethodType(guarded_stop, loop)  # type: ignore[method-assign]
+        loop.close = types.MethodType(guarded_close, loop)  # type: ignore[method-assign]
+
+    def release(self) -> None:
+        self.released = True
+
+
+def _refuse(method: str) -> None:
+    logger.error(
+        f"The bot called the asyncio loop.{method}(): refused. One loop runs every session "
+        "of this server; to end a session, return from bot()."
+    )
+
+
+def adapt_loop(loop: asyncio.AbstractEventLoop) -> LoopGuard:
+    """Install the logging exception handler, executor, signal and stop/close adaptations on
+    ``loop``; returns the guard whose `LoopGuard.release` lets the loop stop again."""
     loop.set_exception_handler(log_loop_exception)
     original_run_in_executor = loop.run_in_executor
     ignored_signals: set[int] = set()
@@ -105,6 +148,7 @@ def adapt_loop(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_in_executor = types.MethodType(run_in_executor, loop)  # type: ignore[method-assign,assignment]
     loop.add_signal_handler = types.MethodType(add_signal_handler, loop)  # type: ignore[method-assign,assignment]
     loop.remove_signal_handler = types.MethodType(remove_signal_handler, loop)  # type: ignore[method-assign]
+    return LoopGuard(loop)
 
 
 def log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from loguru import logger
 from quart import Blueprint, Response, jsonify, request
 
 from pipecat_base.routes import Routes
@@ -30,9 +31,22 @@ def blueprint(routes: Routes) -> Blueprint:
     async def metrics() -> Response:
         return Response(supervisor.metrics.render(), content_type=supervisor.metrics.content_type)
 
+    dead_reported = False
+
     @bp.get("/livez")
-    async def livez() -> Response:
-        return jsonify({"status": "ok"})
+    async def livez() -> tuple[Response, int]:
+        nonlocal dead_reported
+        loop = supervisor.loop
+        if loop.is_running() and not loop.is_closed():
+            return jsonify({"status": "ok"}), 200
+        # Nothing runs a session any more: ask the orchestrator for a new process.
+        if not dead_reported:
+            dead_reported = True
+            logger.error(
+                "The asyncio loop is no longer running: this process cannot run sessions; "
+                "/livez answers 503 so that it is restarted"
+            )
+        return jsonify({"status": "dead", "reason": "the asyncio loop is not running"}), 503
 
     @bp.get("/readyz")
     async def readyz() -> tuple[Response, int]:
