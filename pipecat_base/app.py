@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from quart import Response, jsonify
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from pipecat_base import _speedups as speedups
 from pipecat_base.config import Settings, load_settings
@@ -85,4 +87,22 @@ def create_app(
     if whatsapp is not None:
         app.register_blueprint(whatsapp_routes.blueprint(routes))
     app.register_blueprint(probes.blueprint(routes))
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _server_error)
     return app
+
+
+async def _http_error(error: HTTPException) -> Response:
+    """Every refusal Quart makes itself (404, 405, 413, ...) as JSON ``{"detail": ...}``, like
+    the routes' own."""
+    response = jsonify({"detail": error.name})
+    response.status_code = error.code or 500
+    for name, value in error.get_headers():
+        if name.lower() == "allow":
+            response.headers[name] = value
+    return response
+
+
+async def _server_error(error: Exception) -> tuple[Response, int]:
+    # Quart has logged it with its traceback; the client learns no more than this.
+    return jsonify({"detail": "Internal Server Error"}), 500

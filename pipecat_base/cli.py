@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO, cast
 
 EXIT_CONFIG = 2
 EXIT_BOT = 1
@@ -89,6 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             capture = capture_module.install(jsonl, attribution)
             guard.attach(jsonl.path, capture.real_stderr_fd)
 
+    if capture is None:
+        # Without the lane (whose tee scrubs), what Python code prints is scrubbed of the
+        # running sessions' secrets all the same.
+        from pipecat_base.observability.redaction import ScrubbingStream
+
+        sys.stdout = cast(TextIO, ScrubbingStream(sys.stdout))
+        sys.stderr = cast(TextIO, ScrubbingStream(sys.stderr))
+
     from pipecat_base.startup import compat
 
     lane_line = capture.app_line if capture is not None else None
@@ -154,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_shutdown=guard.absorb,
         attribution=attribution,
         features=detected,
+        owns_process=True,
     )
     from pipecat_base.sessions.memory import freeze_startup_heap
 

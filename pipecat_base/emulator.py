@@ -152,9 +152,12 @@ def create_emulator_app(
 
     @app.post("/v1/public/<name>/start")
     async def start(name: str) -> Any:
+        # The body is read before any answer, refusals included: answered with its body still
+        # on the way, a keep-alive connection lost the client's next request (Hypercorn with
+        # quart-trio never read it), which hung tests under load.
+        raw = await request.get_data()
         if (refusal := unknown_agent(name)) is not None:
             return refusal
-        raw = await request.get_data()
         try:
             start_request = json.loads(raw) if raw.strip() else {}
         except ValueError as exc:
@@ -187,6 +190,7 @@ def create_emulator_app(
 
     @app.route("/v1/public/<name>/sessions/<session_id>/<path:rest>", methods=methods)
     async def session_api(name: str, session_id: str, rest: str) -> Any:
+        content = await request.get_data()  # before any answer (see `start`)
         if (refusal := unknown_agent(name)) is not None:
             return refusal
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -196,7 +200,7 @@ def create_emulator_app(
                 request.method,
                 f"{server_url}/{rest}",
                 params=list(request.args.items(multi=True)),
-                content=await request.get_data(),
+                content=content,
                 headers=headers,
             )
         except httpx.HTTPError as exc:

@@ -41,8 +41,10 @@ from pipecat_base.bridge.session_tasks import SessionTasks, install_task_factory
 from pipecat_base.observability import events
 from pipecat_base.observability.attribution import Attribution
 from pipecat_base.observability.events import EventPublisher
-from pipecat_base.observability.logs import redacting, session_context
+from pipecat_base.observability.logs import session_context
 from pipecat_base.observability.metrics import Metrics
+from pipecat_base.observability.redaction import SECRETS, Secrets
+from pipecat_base.sessions.children import ChildProcesses
 from pipecat_base.sessions.memory import release_memory
 from pipecat_base.startup.compat import installed_version
 
@@ -123,8 +125,8 @@ class SessionSpec:
             unused). It is entered inside the session's cancel scope, so the budget and stops
             apply to the wait, and exited after the bot ended (to release the connection); it
             may stop the session through the handle (a peer that hung up).
-        redact: Applied to everything the session logs, tracebacks included (`logs.redacting`):
-            a MoQ session's relay URL carries its token.
+        redact: Keeps the session's secret (a Daily room token, a MoQ relay URL) out of
+            everything the process writes while it runs (`redaction.Secrets`).
     """
 
     session_id: str | None
@@ -145,6 +147,7 @@ class SessionHandle:
         self._stop: tuple[str, Outcome] | None = None
         self._scope = trio.CancelScope()
         self._ended = trio.Event()
+        self._children_mark = 0.0  # when its child processes are counted from
 
     @property
     def session_id(self) -> str | None:
@@ -186,6 +189,8 @@ class SessionSupervisor:
         attribution: Told when sessions start and end, for captured output (`attribution`).
         publisher: Where sessions' events go (`events`); None publishes nothing.
         on_event: Called (on the Trio thread, never awaited) with each `SessionEvent`.
+        children: Ends the child processes each session leaves (`sessions.children`); None
+            leaves them alone.
     """
 
     def __init__(
@@ -202,8 +207,12 @@ class SessionSupervisor:
         attribution: Attribution | None = None,
         publisher: EventPublisher | None = None,
         on_event: Callable[[SessionEvent], None] | None = None,
+        children: ChildProcesses | None = None,
+        secrets: Secrets = SECRETS,
     ) -> None:
         self._nursery = nursery
+        self._secrets = secrets
+        self._children = children
         self._on_event = on_event
         self._publisher = publisher
         self._loop = loop
@@ -229,6 +238,11 @@ class SessionSupervisor:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The asyncio loop bots run on (routes bridge their connections to it)."""
         return self._loop
+
+    @property
+    def session_ids(self) -> list[str | None]:
+        """The ids of the sessions running now."""
+        return [h.session_id for h in self._sessions]
 
     @property
     def draining(self) -> bool:
@@ -336,12 +350,14 @@ class SessionSupervisor:
         self._last_start = (started_at, spec.session_id)
         self.metrics.session_started()
         self._attribution.started(spec.session_id)
-        with session_context(spec.session_id), redacting(spec.redact):
+        with session_context(spec.session_id), self._secrets.holding(spec.redact):
             logger.opt(lazy=True).info(
                 "Starting bot session with metadata: {}",
                 lambda: self._metadata(spec, starting=True),
             )
             self._tell(SessionEvent("started", spec.session_id, started_at))
+            if self._children is not None:
+                handle._children_mark = self._children.mark()
             leaked: tuple[str, ...] = ()
             task: asyncio.Task[Any] | None = None
             tasks = SessionTasks(spec.session_id)
@@ -382,6 +398,9 @@ class SessionSupervisor:
                 if leftovers:
                     with trio.CancelScope(shield=True):
                         leaked = await self._reap_leftovers(leftovers)
+                if self._children is not None:
+                    with trio.CancelScope(shield=True):
+                        await self._end_children(handle)
                 self.metrics.session_ended(handle.outcome.value, trio.current_time() - started_at)
                 self._attribution.ended(spec.session_id)
                 logger.opt(lazy=True).info(
@@ -447,6 +466,15 @@ class SessionSupervisor:
         if self._sessions:
             return  # another session started meanwhile: collecting now would stall it
         logger.debug(str(release_memory()))
+
+    async def _end_children(self, handle: SessionHandle) -> None:
+        """End the child processes this session started; bounded by the cancel grace."""
+        assert self._children is not None
+        others = [h._children_mark for h in self._sessions if h is not handle]
+        left = self._children.left_by(handle._children_mark, others)
+        await self._children.end(
+            left, grace=self._cancel_grace, whose=f"Bot session {handle.session_id}"
+        )
 
     def _tell(self, event: SessionEvent) -> None:
         if self._on_event is not None:

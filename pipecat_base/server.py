@@ -35,10 +35,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import hypercorn.trio
@@ -54,7 +55,9 @@ from pipecat_base.config import Settings
 from pipecat_base.nursery import Outcome, SessionEvent, SessionSupervisor
 from pipecat_base.observability.attribution import Attribution
 from pipecat_base.observability.events import EventPublisher
+from pipecat_base.observability.stdio import StdioGuard
 from pipecat_base.observability.watchdog import LoopWatchdog
+from pipecat_base.sessions.children import ChildProcesses
 from pipecat_base.sessions.memory import parse_switch
 from pipecat_base.startup.capabilities import build_document
 from pipecat_base.startup.features import (
@@ -113,6 +116,7 @@ async def open_runtime(
     attribution: Attribution | None = None,
     on_event: Callable[[SessionEvent], None] | None = None,
     shutdown_deadline: Callable[[], float | None] = lambda: None,
+    children: ChildProcesses | None = None,
 ) -> AsyncIterator[Runtime]:
     """Build everything that serves ``bot_module``, short of sockets and signals.
 
@@ -130,6 +134,8 @@ async def open_runtime(
         on_event: Told of every session's start and end (`nursery.SessionEvent`).
         shutdown_deadline: When the shutdown must be over (Trio time), once one has begun;
             bounds the Session API app's shutdown.
+        children: Ends the child processes sessions leave (the server's; the test kit's
+            process is pytest's, whose children are not the bot's).
     """
     engaged = speedups.install(settings.speedups)
     if features is None:
@@ -174,6 +180,7 @@ async def open_runtime(
             attribution=attribution,
             publisher=publisher,
             on_event=on_event,
+            children=children,
         )
         watchdog = LoopWatchdog(
             loop,
@@ -286,6 +293,7 @@ class Server:
         on_shutdown: Callable[[], None] | None = None,
         attribution: Attribution | None = None,
         features: list[Feature] | None = None,
+        owns_process: bool = False,
     ) -> None:
         """Args:
         settings: The parsed settings.
@@ -295,6 +303,9 @@ class Server:
         attribution: Shared with the output capture when the structured lane is on.
         features: What the image can serve, detected once at startup (`features.detect` when
             omitted); ``/pcc/capabilities`` reports from it.
+        owns_process: The process is this server's (the CLI): the child processes sessions
+            leave are its to end. Not so for a server inside a test process, whose other
+            children are the test's.
         """
         self.settings = settings
         self.bot_module = bot_module
@@ -309,6 +320,8 @@ class Server:
         self._http_stopped = trio.Event()  # Hypercorn has returned: responses are out
         self._forced = False
         self._shutdown_deadline: float | None = None
+        self._stdio = StdioGuard()
+        self._children = ChildProcesses() if owns_process else None
 
     def request_shutdown(self) -> None:
         """Begin the shutdown sequence; a second call cancels running sessions at once."""
@@ -316,13 +329,7 @@ class Server:
             self._shutdown_requested.set()
             if self._on_shutdown is not None:
                 self._on_shutdown()
-            if self.watchdog is not None:
-                # The process must be gone by the drain, the cancel protocol and a margin, even
-                # if a bot blocks the event loop and no deadline of ours can fire.
-                s = self.settings
-                self.watchdog.arm_exit(
-                    s.shutdown_timeout + s.session_cancel_grace + SECOND_CANCEL_WINDOW
-                )
+            self._arm_exit_bound()
         elif not self._forced and self.supervisor is not None:
             self._forced = True
             logger.warning("Second shutdown signal: cancelling running sessions now")
@@ -337,11 +344,14 @@ class Server:
             self.bot_module,
             features=self.features,
             attribution=self._attribution,
+            on_event=self._session_event,
             shutdown_deadline=lambda: self._shutdown_deadline,
+            children=self._children,
         ) as runtime:
             self.runtime = runtime
             self.supervisor = runtime.supervisor
             self.watchdog = runtime.watchdog
+            runtime.watchdog.check_on_beat(self._stdio.check)
             async with trio.open_nursery() as control:
                 await control.start(self._watch_signals)
                 control.start_soon(self._shutdown_sequence)
@@ -353,6 +363,10 @@ class Server:
                 await self._http_stopped.wait()
                 control.cancel_scope.cancel()  # the signal watcher runs until told to stop
             logger.info("Server stopped")
+        # Whatever child processes sessions still left do not outlive the server.
+        if self._children is not None:
+            await self._children.end_all(grace=self.settings.session_cancel_grace)
+        self._stdio.close()
         logger.info(SHUTDOWN_COMPLETE)
 
     async def _serve_http(self, app: Any, *, task_status: trio.TaskStatus[list[str]]) -> None:
@@ -367,8 +381,29 @@ class Server:
         finally:
             self._http_stopped.set()
 
+    def _arm_exit_bound(self) -> None:
+        # The process must be gone by the drain and the cancel protocol, even if a bot blocks
+        # the event loop and no deadline of ours can fire (the watchdog's thread enforces it).
+        if self.watchdog is not None:
+            s = self.settings
+            self.watchdog.arm_exit(
+                s.shutdown_timeout + s.session_cancel_grace + SECOND_CANCEL_WINDOW
+            )
+
+    def _session_event(self, event: SessionEvent) -> None:
+        if event.kind == "ended":
+            self._stdio.check()  # before the next connection could take a closed number
+
     async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        stop_signals = (signal.SIGTERM, signal.SIGINT)
+        with (
+            trio.open_signal_receiver(*stop_signals) as signals,
+            chained_signal_handlers(stop_signals, self._arm_exit_bound) as ours,
+        ):
+            assert self.watchdog is not None
+            assert self.supervisor is not None
+            keeper = SignalKeeper(ours, self.supervisor)
+            self.watchdog.check_on_beat(keeper.check)
             task_status.started()
             async for signum in signals:
                 logger.info(f"Received {signal.Signals(signum).name}")
@@ -382,6 +417,63 @@ class Server:
         self._shutdown_deadline = trio.current_time() + self.settings.shutdown_timeout
         await self.supervisor.drain(self._shutdown_deadline)
         self._stop_http.set()
+
+
+@contextmanager
+def chained_signal_handlers(
+    signums: tuple[int, ...], first: Callable[[], None]
+) -> Iterator[dict[int, Callable[[int, FrameType | None], None]]]:
+    """Run ``first`` in the signal handler itself, then the handler already installed (Trio's).
+
+    Trio only wakes its task from the handler; while a bot blocks the event loop that task
+    cannot run, but a Python-level handler still does (between bytecodes, even mid
+    ``time.sleep``). Trio's handlers are put back on leaving.
+    """
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        first()
+        chained = previous[signum]
+        if callable(chained):
+            chained(signum, frame)
+
+    for signum in signums:
+        signal.signal(signum, handler)
+    try:
+        yield {signum: handler for signum in signums}
+    finally:
+        for signum, chained in previous.items():
+            signal.signal(signum, chained)
+
+
+class SignalKeeper:
+    """Puts the server's SIGTERM/SIGINT handlers back when a bot replaced them.
+
+    A bot that installs its own handler (``signal.signal``) takes the container's stop signal:
+    the server never drains, and the platform kills the pod at the end of its grace period.
+    Checked on every watchdog beat; each replacement is undone with one WARNING that names the
+    sessions running (a handler does not say who installed it). ``loop.add_signal_handler`` is
+    refused at the call (`bridge.loop`).
+    """
+
+    def __init__(
+        self,
+        handlers: dict[int, Callable[[int, FrameType | None], None]],
+        supervisor: SessionSupervisor,
+    ) -> None:
+        self._handlers = handlers
+        self._supervisor = supervisor
+
+    def check(self) -> None:
+        for signum, ours in self._handlers.items():
+            if signal.getsignal(signum) is ours:
+                continue
+            signal.signal(signum, ours)
+            running = ", ".join(str(s) for s in self._supervisor.session_ids) or "none running"
+            logger.warning(
+                f"A bot replaced the {signal.Signals(signum).name} handler (sessions: {running}):"
+                " put the server's back. Stopping is the server's: bots are cancelled on SIGTERM."
+            )
 
 
 def load_session_api_app() -> Any:

@@ -117,6 +117,14 @@ async def server_process(
             yield server
             with trio.fail_after(60):
                 await process.wait()
+    except BaseException:
+        # pytest shows a failing test's captured output: the child's log says what happened.
+        sys.stderr.write(f"--- the child's stderr ---\n{server.text}\n")
+        if capture_stdout:
+            sys.stderr.write(
+                f"--- the child's stdout ---\n{server.stdout.decode(errors='replace')}\n"
+            )
+        raise
     finally:
         if process.returncode is None:
             process.kill()

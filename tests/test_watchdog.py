@@ -13,6 +13,7 @@ from .process import BOTS, server_process
 
 pytestmark = pytest.mark.slow
 
+SESSION = {"X-Daily-Session-Id": "blocker-1"}
 BOT = str(BOTS / "blocking_bot.py")
 SLEEP_LINE = next(
     n for n, line in enumerate(Path(BOT).read_text().splitlines(), 1) if "BLOCKING LINE" in line
@@ -87,7 +88,34 @@ async def test_bot_blocking_forever_during_shutdown_still_exits_0_at_the_bound(t
                 await server.wait_for_output(b"blocking now")
             code, elapsed = await server.terminate(limit=30)
     assert code == 0
-    # SHUTDOWN_TIMEOUT 0.5 + SESSION_CANCEL_GRACE 0.5 + second-cancel window 0.5 + margin 1.0
-    assert 2.3 <= elapsed < 4.0, elapsed
+    # SHUTDOWN_TIMEOUT 0.5 + SESSION_CANCEL_GRACE 0.5 + second-cancel window 0.5; the loop is
+    # blocked at the bound, so no margin.
+    assert 1.2 <= elapsed < 1.5 + 0.3, elapsed
     assert "Shutdown did not finish within its bound with the event loop blocked" in server.text
     assert "blocking_bot.py" in server.text
+
+
+async def test_sigterm_while_a_bot_blocks_the_loop_exits_0_within_the_shutdown_bound():
+    """The exit bound is armed by the signal handler itself: no Trio task has to run."""
+    env = {"SHUTDOWN_TIMEOUT": "1", "SESSION_CANCEL_GRACE": "1"}
+    async with server_process(BOT, env=env) as server:
+        async with trio.open_nursery() as nursery:
+
+            async def call() -> None:
+                async with httpx.AsyncClient(timeout=60) as client:
+                    body = {"block": "sleep", "seconds": 30}
+                    try:
+                        await client.post(f"{server.url}/bot", json=body, headers=SESSION)
+                    except httpx.HTTPError:
+                        pass  # the process is ended mid-request, by design
+
+            nursery.start_soon(call)
+            with trio.fail_after(30):
+                await server.wait_for_output(b"blocking now")
+            code, elapsed = await server.terminate(limit=30)
+            nursery.cancel_scope.cancel()
+    assert code == 0
+    assert elapsed < 1 + 1 + 0.5, elapsed  # SHUTDOWN_TIMEOUT + grace + the second window
+    last = server.text.strip().splitlines()[-1]
+    assert "Shutdown did not finish within its bound with the event loop blocked" in last
+    assert "blocker-1" in last  # the session that blocked

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import signal
 import types
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -101,6 +102,13 @@ class LoopGuard:
         self.released = True
 
 
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {int(sig)}"
+
+
 def _refuse(method: str) -> None:
     logger.error(
         f"The bot called the asyncio loop.{method}(): refused. One loop runs every session "
@@ -114,7 +122,6 @@ def adapt_loop(loop: asyncio.AbstractEventLoop) -> LoopGuard:
     loop.set_exception_handler(log_loop_exception)
     original_run_in_executor = loop.run_in_executor
     ignored_signals: set[int] = set()
-    announced = False
 
     def run_in_executor(
         self: asyncio.AbstractEventLoop,
@@ -129,13 +136,11 @@ def adapt_loop(loop: asyncio.AbstractEventLoop) -> LoopGuard:
     def add_signal_handler(
         self: asyncio.AbstractEventLoop, sig: int, callback: Callable[..., Any], *args: Any
     ) -> None:
-        nonlocal announced
-        if not announced:
-            announced = True
-            logger.info(
-                "The server owns process signals; ignoring the bot's asyncio signal handler "
-                f"for signal {int(sig)} (shutdown reaches bots as cancellation)"
-            )
+        # Logged where it is called: the session's id is on the line.
+        logger.warning(
+            f"Refused the bot's asyncio signal handler for {_signal_name(sig)}: the server owns "
+            "process signals (shutdown reaches bots as cancellation)"
+        )
         ignored_signals.add(int(sig))
 
     def remove_signal_handler(self: asyncio.AbstractEventLoop, sig: int) -> bool:

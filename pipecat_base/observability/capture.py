@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 from pipecat_base.observability.attribution import Attribution
 from pipecat_base.observability.lane import NO_SESSION, JsonlFile
+from pipecat_base.observability.redaction import SECRETS, Secrets
 
 MAX_LINE = 16 * 1024
 # How long the pump threads get to pass on what native code wrote just before a hard exit.
@@ -81,8 +82,14 @@ class _Sink:
     """Shared by both paths: pass bytes through, record complete lines."""
 
     def __init__(
-        self, stream: str, real_fd: int, jsonl: JsonlFile, session: Callable[[], str | None]
+        self,
+        stream: str,
+        real_fd: int,
+        jsonl: JsonlFile,
+        session: Callable[[], str | None],
+        secrets: Secrets,
     ) -> None:
+        self._secrets = secrets
         self.stream = stream
         self.real_fd = real_fd
         self._jsonl = jsonl
@@ -91,6 +98,7 @@ class _Sink:
         self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
+        data = self._secrets.scrub_bytes(data)
         with self._lock:
             _write_all(self.real_fd, data)
             lines = self._assembler.feed(data)
@@ -101,6 +109,7 @@ class _Sink:
 
     def write_app(self, console: str, line: str, level: str, session_id: str | None = None) -> None:
         """``console`` to the real descriptor, ``line`` to the lane as one ``app`` record."""
+        console, line = self._secrets.scrub(console), self._secrets.scrub(line)
         with self._lock:
             _write_all(self.real_fd, console.encode("utf-8", "replace"))
             self._jsonl.record("app", line, session_id=session_id, level=level)
@@ -186,7 +195,9 @@ class FdCapture:
 class Capture:
     """The installed capture of stdout and stderr."""
 
-    def __init__(self, jsonl: JsonlFile, attribution: Attribution) -> None:
+    def __init__(
+        self, jsonl: JsonlFile, attribution: Attribution, secrets: Secrets = SECRETS
+    ) -> None:
         def by_context() -> str | None:
             return _context_session() or attribution.current()
 
@@ -195,8 +206,8 @@ class Capture:
         for fd, stream, name in ((1, "stdout", "stdout"), (2, "stderr", "stderr")):
             getattr(sys, name).flush()
             real_fd = os.dup(fd)
-            tee_sink = _Sink(stream, real_fd, jsonl, by_context)
-            pipe_sink = _Sink(stream, real_fd, jsonl, attribution.current)
+            tee_sink = _Sink(stream, real_fd, jsonl, by_context, secrets)
+            pipe_sink = _Sink(stream, real_fd, jsonl, attribution.current, secrets)
             self._pipes.append(FdCapture(fd, pipe_sink))
             self._sinks += [tee_sink, pipe_sink]
             setattr(sys, name, TeeStream(tee_sink, fd))

@@ -4,22 +4,24 @@
 import; we take over afterwards, as the existing image does). `session_context` binds the
 session id through a context variable, so everything logged inside a session, on the trio side
 and on the asyncio side (asyncio tasks copy the context they are created in), carries it.
-`redacting` works the same way for a session's secrets (a MoQ relay URL): every sink writes the
-formatted record, traceback included, through the session's redaction.
+Every sink writes the formatted record, traceback included, through `redaction.Secrets.scrub`:
+no running session's token or relay URL reaches a line. Stdlib ``logging`` (a bot's, its
+libraries') is routed into loguru, so it gets the format, the session id and the scrubbing too.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TextIO
 
 from loguru import logger
 
 from pipecat_base.observability.lane import NO_SESSION, JsonlFile
+from pipecat_base.observability.redaction import SECRETS, Secrets
 
 CONSOLE_FORMAT = (
     "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} | "
@@ -27,12 +29,16 @@ CONSOLE_FORMAT = (
 )
 PROBE_PATHS = ("/livez", "/readyz", "/metrics")
 
-Redaction = Callable[[str], str]
-_REDACTION: ContextVar[Redaction | None] = ContextVar("pipecat_base_redaction", default=None)
+
+# C0 and C1 control characters and DEL (`printable`).
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def configure_logging(
-    level: str, sink: TextIO | None = None, jsonl: JsonlFile | None = None
+    level: str,
+    sink: TextIO | None = None,
+    jsonl: JsonlFile | None = None,
+    secrets: Secrets = SECRETS,
 ) -> None:
     """Replace every loguru sink with the console sink and route stdlib logging into it.
 
@@ -40,62 +46,57 @@ def configure_logging(
         level: ``PIPECAT_LOG_LEVEL``.
         sink: Where the console goes (the real stderr; with the lane on, past the capture).
         jsonl: The structured lane, which then gets every record as an ``app`` record.
+        secrets: What no sink may write (`redaction`).
     """
     logger.remove()
     logger.configure(extra={"session_id": NO_SESSION})
     # diagnose=False: tracebacks without the values of local variables, which hold tokens.
-    console = _redacting_stream(sink or sys.stderr)
+    console = _scrubbing_stream(sink or sys.stderr, secrets)
     logger.add(console, format=CONSOLE_FORMAT, level=level, backtrace=False, diagnose=False)
     if jsonl is not None:
-        logger.add(_lane_sink(jsonl), format="{message}\n{exception}", level=level, diagnose=False)
+        lane = _lane_sink(jsonl, secrets)
+        logger.add(lane, format="{message}\n{exception}", level=level, diagnose=False)
     for name in ("hypercorn.error", "hypercorn.access"):
         std = logging.getLogger(name)
         std.handlers[:] = [_ToLoguru()]
         std.setLevel(logging.INFO)
         std.propagate = False
     logging.getLogger("hypercorn.access").addFilter(_drop_probes)
+    # Everything else logged through stdlib logging: the standard intercept handler on the
+    # root logger (its level stays the bot's to set; WARNING unless it does).
+    root = logging.getLogger()
+    root.handlers[:] = [handler for handler in root.handlers if isinstance(handler, _ToLoguru)]
+    if not root.handlers:
+        root.addHandler(_ToLoguru())
 
 
 def session_context(session_id: str | None) -> AbstractContextManager[None]:
-    """Bind ``session_id`` to every record logged in this context (trio and asyncio alike)."""
-    return logger.contextualize(session_id=session_id or NO_SESSION)
+    """Bind ``session_id`` to every record logged in this context (trio and asyncio alike);
+    its control characters escaped (`printable`: it comes from a request header)."""
+    return logger.contextualize(session_id=printable(session_id) if session_id else NO_SESSION)
 
 
-@contextmanager
-def redacting(redaction: Redaction | None) -> Iterator[None]:
-    """Pass every record logged in this context (trio and asyncio alike) through
-    ``redaction`` before any sink writes it; None redacts nothing."""
-    if redaction is None:
-        yield
-        return
-    token = _REDACTION.set(redaction)
-    try:
-        yield
-    finally:
-        _REDACTION.reset(token)
+def printable(text: str) -> str:
+    """``text`` with each control character written as an escape (``\\x1b``): for request
+    values on their way into a log line, which they could otherwise rewrite or forge."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def redacted(text: str) -> str:
-    """``text`` through the current context's redaction (sinks of our own call this)."""
-    redaction = _REDACTION.get()
-    return text if redaction is None else redaction(text)
-
-
-def _redacting_stream(stream: TextIO) -> Callable[[Any], None]:
+def _scrubbing_stream(stream: TextIO, secrets: Secrets) -> Callable[[Any], None]:
     def write(message: Any) -> None:
-        stream.write(redacted(message))
+        stream.write(secrets.scrub(message))
         stream.flush()
 
     return write
 
 
-def _lane_sink(jsonl: JsonlFile) -> Callable[[Any], None]:
+def _lane_sink(jsonl: JsonlFile, secrets: Secrets) -> Callable[[Any], None]:
     def write(message: Any) -> None:
         record = message.record
         session_id = record["extra"].get("session_id")
         jsonl.record(
             "app",
-            redacted(str(message)).rstrip("\n"),
+            secrets.scrub(str(message)).rstrip("\n"),
             session_id=None if session_id in (None, NO_SESSION) else str(session_id),
             level=record["level"].name,
             timestamp=record["time"].isoformat(),
@@ -111,7 +112,7 @@ def _drop_probes(record: logging.LogRecord) -> bool:
 
 
 class _ToLoguru(logging.Handler):
-    """Forward a stdlib record (Hypercorn's) to loguru, keeping its level and origin."""
+    """Forward a stdlib record (Hypercorn's, a bot's) to loguru, keeping its level and origin."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

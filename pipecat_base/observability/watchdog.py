@@ -10,10 +10,13 @@ cancel scopes the server relies on cannot fire while their thread is blocked.
   for ``/readyz``.
 * The heartbeat also measures how late each beat was; a smaller stall in the first seconds of a
   session (imports, model loads in ``bot()``) is reported at INFO so users learn to preload.
-* Once shutdown begins, the thread holds the process to its bound: past ``SHUTDOWN_TIMEOUT +
-  SESSION_CANCEL_GRACE`` plus the second-cancel window and `EXIT_MARGIN`, it flushes the logs
-  and ends the process with exit code 0, so the container's grace period is never exceeded
-  because of us.
+* Once shutdown begins, the thread holds the process to its bound: ``SHUTDOWN_TIMEOUT +
+  SESSION_CANCEL_GRACE`` plus the second-cancel window. While the loop is blocked at that point,
+  nothing of ours can finish the shutdown, so it flushes the logs and ends the process with exit
+  code 0 just before the bound; while the loop runs, the orderly shutdown gets `EXIT_MARGIN`
+  more before the same. The server arms it from a Python-level signal handler, which runs even
+  while a bot blocks the loop (a Trio task could not), so the container's grace period is never
+  exceeded because of us.
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ class LoopWatchdog:
         self._count = 0
         self._longest = 0.0
         self._lock = threading.Lock()
+        self._beat_checks: list[Callable[[], object]] = []
+
+    def check_on_beat(self, check: Callable[[], object]) -> None:
+        """Run ``check`` on the Trio thread at every beat (cheap checks only: ten a second)."""
+        self._beat_checks.append(check)
 
     @property
     def stats(self) -> StallStats:
@@ -103,14 +111,18 @@ class LoopWatchdog:
                 now = time.monotonic()
                 self._beat = now
                 self._note_late_beat(now - expected)
+                for check in self._beat_checks:
+                    check()
         finally:
             # Teardown after serving is not a stall; the exit deadline stays enforced.
             self._watching = False
 
     def arm_exit(self, after: float) -> None:
-        """Shutdown has begun: end the process if it still runs ``after`` + `EXIT_MARGIN`."""
-        self._exit_at = time.monotonic() + after + EXIT_MARGIN
-        self._start_thread()
+        """Shutdown has begun: the process must be gone ``after`` seconds from now (see the
+        module docstring). Only the first call counts; safe from a signal handler."""
+        if self._exit_at is None:
+            self._exit_at = time.monotonic() + after
+            self._start_thread()
 
     def close(self) -> None:
         self._stop.set()
@@ -155,9 +167,13 @@ class LoopWatchdog:
                     self._longest = max(self._longest, gap)
             elif gap <= self._stall_warning:
                 reported = False
-            if self._exit_at is not None and now >= self._exit_at:
-                self._hard_exit(gap)
-                return
+            if self._exit_at is not None:
+                stalled = gap > self._stall_warning
+                # Just before the bound when nothing of ours can run; a margin when it can.
+                deadline = self._exit_at + (-2 * HEARTBEAT if stalled else EXIT_MARGIN)
+                if now >= deadline:
+                    self._hard_exit(gap)
+                    return
 
     def _report_stall(self, gap: float) -> None:
         with self._lock:

@@ -7,13 +7,15 @@ waits for its peer's offer (`routes.webrtc`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
 from quart import Blueprint, request
 
 from pipecat_base.nursery import ConnectionTimedOut, SessionRefused, SessionSpec
-from pipecat_base.observability.logs import session_context
+from pipecat_base.observability.logs import printable, session_context
+from pipecat_base.observability.redaction import Secret
 from pipecat_base.routes import Routes, answered, detail, refused, request_body
 from pipecat_base.sessions import flows, inputs
 from pipecat_base.sessions.args import build, http_session_args
@@ -36,6 +38,9 @@ def blueprint(routes: Routes) -> Blueprint:
     async def start_bot() -> Any:
         headers = inputs.HeaderLookup(request.headers.items())
         session_id = headers.get(inputs.SESSION_ID_HEADER)
+        problem = inputs.session_id_problem(session_id)
+        if problem is not None:
+            return detail(problem, 400)
         try:
             body = inputs.parse_json_object(await request_body())
             body, flow_config = flows.split_envelope(headers.get(flows.ENVELOPE_HEADER), body)
@@ -45,10 +50,10 @@ def blueprint(routes: Routes) -> Blueprint:
             budget = routes.session_budget(headers)
         transport = headers.get(inputs.TRANSPORT_TYPE_HEADER)
         if transport:
-            logger.debug(f"Transport type: {transport}")
+            logger.debug(f"Transport type: {printable(transport)}")
         room_url = headers.get(inputs.ROOM_URL_HEADER)
         token = headers.get(inputs.ROOM_TOKEN_HEADER)
-        redact = None
+        redact: Callable[[str], str] | None = None
         if transport == moq.TRANSPORT:
             try:
                 args, secret = moq.session_args(
@@ -63,6 +68,8 @@ def blueprint(routes: Routes) -> Blueprint:
             return await wait_for_webrtc(session_id, body, flow_config, budget)
         else:
             args = http_session_args(session_id, body, room_url=room_url, token=token)
+            if token:
+                redact = Secret(token).scrub
         args.flow_config = flow_config
         try:
             handle = await supervisor.start(SessionSpec(session_id, args, budget, redact=redact))

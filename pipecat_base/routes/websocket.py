@@ -14,8 +14,8 @@ from loguru import logger
 from quart import Blueprint, websocket
 
 from pipecat_base.nursery import Outcome, SessionRefused, SessionSpec, stop_unless_ended
-from pipecat_base.observability.logs import session_context
-from pipecat_base.routes import Routes, refused
+from pipecat_base.observability.logs import printable, session_context
+from pipecat_base.routes import Routes, detail, refused
 from pipecat_base.sessions import flows, inputs
 from pipecat_base.sessions.args import websocket_session_args
 from pipecat_base.transports.websocket import (
@@ -42,6 +42,9 @@ def blueprint(routes: Routes) -> Blueprint:
     async def ws_session() -> Any:
         ws = cast(AsgiWebsocket, websocket._get_current_object())  # type: ignore[attr-defined]
         session_id = ws.headers.get(inputs.SESSION_ID_HEADER)
+        problem = inputs.session_id_problem(session_id)
+        if problem is not None:
+            return detail(problem, 400)  # before accepting: an HTTP answer
         refusal = supervisor.admission_error()
         if refusal is not None:
             return refused(refusal)  # before accepting: an HTTP answer, not a dropped call
@@ -55,8 +58,9 @@ def blueprint(routes: Routes) -> Blueprint:
                     )
                 except flows.FlowFileError as exc:
                     logger.error(
-                        f"Refusing websocket session {session_id}: {flows.FLOW_FILE_HEADER} "
-                        f"names a file this app cannot use: {exc}"
+                        f"Refusing websocket session {printable(str(session_id))}: "
+                        f"{flows.FLOW_FILE_HEADER} names a file this app cannot use: "
+                        f"{printable(str(exc))}"
                     )
                     await ws.close(CLOSE_INTERNAL_ERROR)  # before accepting: HTTP 403
                     return None

@@ -9,6 +9,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +20,12 @@ ROOM_URL_HEADER = "X-Daily-Room-Url"
 ROOM_TOKEN_HEADER = "X-Daily-Room-Token"
 TRANSPORT_TYPE_HEADER = "X-Daily-Transport-Type"
 BUDGET_HEADER = "X-PCC-Max-Session-Seconds"
+# Session ids are UUIDs (36 characters); a longer one is refused rather than repeated in every
+# log line of its session.
+MAX_SESSION_ID_LENGTH = 256
+# A budget is a plain decimal number of seconds ("30", "7.5"); float() would also take "1_0",
+# "1e3" or "  30\n".
+_PLAIN_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 class HeaderLookup(dict[str, str]):
@@ -61,6 +68,10 @@ def parse_budget(raw: str | None) -> float | None:
     if budget <= 0:
         logger.warning(f"Ignoring non-positive {BUDGET_HEADER}: {raw!r}")
         return None
+    if not _PLAIN_DECIMAL.fullmatch(raw):
+        # float() also takes "1_0", "1e3" and surrounding spaces: only "30" or "7.5" here.
+        logger.warning(f"Ignoring malformed {BUDGET_HEADER}: {raw!r}")
+        return None
     return budget
 
 
@@ -82,9 +93,28 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise BadInput(
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except (ValueError, RecursionError) as exc:
+        raise BadInput(
+            f"request body is JSON this server does not take: {json_limit(exc)}"
+        ) from None
     if not isinstance(value, dict):
         raise BadInput(f"request body must be a JSON object, got a JSON {_json_kind(value)}")
     return value
+
+
+def json_limit(exc: ValueError | RecursionError) -> str:
+    """What of a JSON document Python's parser refused beyond its syntax: a number too long,
+    nesting too deep."""
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    return str(exc).split(";")[0]
+
+
+def session_id_problem(session_id: str | None) -> str | None:
+    """Why ``X-Daily-Session-Id`` cannot name a session, or None."""
+    if session_id is not None and len(session_id) > MAX_SESSION_ID_LENGTH:
+        return f"{SESSION_ID_HEADER} is longer than {MAX_SESSION_ID_LENGTH} characters"
+    return None
 
 
 def _json_kind(value: Any) -> str:
@@ -123,4 +153,7 @@ def decode_ws_body(raw: str | None) -> Any:
         return json.loads(decoded)
     except (binascii.Error, ValueError) as exc:
         logger.error(f"Failed to decode body parameter ({step} step): {exc}")
+        return None
+    except RecursionError:
+        logger.error(f"Failed to decode body parameter ({step} step): it is nested too deeply")
         return None

@@ -5,7 +5,7 @@ The platform names a relay (``X-Moq-Relay-Url``, whose query carries the session
 ``MOQSessionArguments`` and dials the relay itself (pipecat's ``create_transport``, key
 ``"moq"``). The server never says the relay URL: `RelaySecret` replaces it, and every part of
 it that could carry the token, with ``<relay URL>`` in refusals and, for the whole session, in
-every log record and traceback (`logs.redacting`).
+every log record, print and traceback (`redaction.Secrets`).
 
 Whether the image can serve MoQ is decided by what works, not by version numbers: pipecat-ai's
 ``MOQRunnerArguments`` (1.12+), pipecatcloud's ``MOQSessionArguments`` (1.3.0+), and pipecat-ai's

@@ -16,6 +16,7 @@ begins, shutdown (bounded) after the sessions have ended.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -55,6 +56,10 @@ class Dispatcher:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            refusal = refusal_of(scope)
+            if refusal is not None:
+                await answer_json(send, *refusal, close=True)
+                return
             send = self._closing_while_draining(send)
         if (
             self._user_app is not None
@@ -81,6 +86,42 @@ class Dispatcher:
             await send(message)
 
         return closing_send
+
+
+# What HTTP versions a request may name (h11 parses any "HTTP/d.d").
+SPOKEN_VERSIONS = frozenset({"1.0", "1.1", "2", "3"})
+
+
+def refusal_of(scope: dict[str, Any]) -> tuple[int, str] | None:
+    """Why an HTTP request is refused before any route sees it, as (status, detail), or None.
+
+    * a version this server does not speak: 505;
+    * ``Content-Length`` together with ``Transfer-Encoding``: 400 -- a proxy in front may
+      frame the body by the other header, and the rest would be read as a second request
+      (request smuggling).
+    """
+    version = scope.get("http_version", "1.1")
+    if version not in SPOKEN_VERSIONS:
+        return 505, f"HTTP/{version} is not supported: use HTTP/1.1"
+    length = chunked = False
+    for name, _ in scope.get("headers", ()):
+        if name == b"content-length":
+            length = True
+        elif name == b"transfer-encoding":
+            chunked = True
+    if length and chunked:
+        return 400, "Content-Length and Transfer-Encoding together: send only one of them"
+    return None
+
+
+async def answer_json(send: Send, status: int, detail: str, *, close: bool = False) -> None:
+    """Answer ``{"detail": detail}`` with ``status`` (closing the connection when asked)."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def run_asgi_on_loop(
