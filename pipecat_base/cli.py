@@ -26,6 +26,7 @@ from typing import TextIO, cast
 
 EXIT_CONFIG = 2
 EXIT_BOT = 1
+EXIT_LISTEN = 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,7 +170,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     frozen = freeze_startup_heap()
     logger.debug(f"Froze {frozen} objects alive at startup: collections leave them out")
-    trio.run(server.run)
+    try:
+        trio.run(server.run)
+    except BaseException as exc:
+        cause = None if server.listening else listen_failure(exc)
+        if cause is None:
+            raise
+        # One line, not the nested groups the failure arrives in.
+        sys.stderr.write(
+            f"pipecat-base: cannot listen on {settings.host}:{settings.port}: {cause}\n"
+        )
+        sys.stderr.flush()
+        return EXIT_LISTEN
     guard.absorb()
     if capture is not None:
         capture.flush()
@@ -197,6 +209,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # teardown still run (Python does not promise finalizers for objects alive at exit).
     gc.freeze()
     return 0
+
+
+def listen_failure(exc: BaseException) -> OSError | None:
+    """The OSError (address in use, unknown host, ...) inside what ``trio.run`` raised, if
+    that is what it was."""
+    if isinstance(exc, OSError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = listen_failure(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def observers_setup_path() -> str:

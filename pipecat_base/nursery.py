@@ -125,6 +125,8 @@ class SessionSpec:
             unused). It is entered inside the session's cancel scope, so the budget and stops
             apply to the wait, and exited after the bot ended (to release the connection); it
             may stop the session through the handle (a peer that hung up).
+        id_generated: The request carried no session id: ``session_id`` was made up here
+            (the start line says so).
         redact: Keeps the session's secret (a Daily room token, a MoQ relay URL) out of
             everything the process writes while it runs (`redaction.Secrets`).
     """
@@ -134,6 +136,7 @@ class SessionSpec:
     budget: float | None = None
     connect: Callable[[SessionHandle], AbstractAsyncContextManager[Any]] | None = None
     redact: Callable[[str], str] | None = None
+    id_generated: bool = False
 
 
 class SessionHandle:
@@ -326,7 +329,9 @@ class SessionSupervisor:
         began = trio.current_time()
         if self._sessions:
             wait = max(0.0, deadline - trio.current_time())
-            logger.info(f"Draining: waiting up to {wait:g}s for {len(self._sessions)} session(s)")
+            logger.info(
+                f"Draining: waiting up to {round(wait, 3):g}s for {len(self._sessions)} session(s)"
+            )
         with trio.move_on_at(deadline):
             await self.wait_idle()
         if self._sessions:
@@ -519,7 +524,9 @@ class SessionSupervisor:
         }
 
     def _metadata(self, spec: SessionSpec, *, starting: bool = False) -> str:
-        metadata: dict[str, str | None] = {"session_id": spec.session_id}
+        metadata: dict[str, str | bool | None] = {"session_id": spec.session_id}
+        if starting and spec.id_generated:
+            metadata["session_id_generated"] = True
         metadata.update(self.runtime_info if starting else {"image_version": self._image_version})
         return json.dumps(metadata)
 

@@ -313,6 +313,8 @@ class Server:
         self._attribution = attribution
         self.features = features if features is not None else detect_features(settings=settings)
         self.runtime: Runtime | None = None
+        self.listening = False
+        """The socket listens (a failure before is the address's, `cli` reports it so)."""
         self.supervisor: SessionSupervisor | None = None
         self.watchdog: LoopWatchdog | None = None
         self._shutdown_requested = trio.Event()
@@ -356,6 +358,7 @@ class Server:
                 await control.start(self._watch_signals)
                 control.start_soon(self._shutdown_sequence)
                 binds = await control.start(self._serve_http, runtime.asgi)
+                self.listening = True
                 logger.info(f"Serving bot {self.bot_module.name} on {', '.join(binds)}")
                 # uvicorn's words, which the existing image printed and log alerts key on.
                 logger.info(STARTUP_COMPLETE)

@@ -311,3 +311,15 @@ async def test_an_async_readyz_that_never_answers_is_a_503_at_its_bound(
     }
     assert stuck == ["cancelled"]
     assert logs.having("Health check function raised exception: readyz() did not answer")
+
+
+async def test_a_bot_request_without_a_session_id_gets_one_and_says_so(client_for, logs):
+    seen = Seen()
+    client, _ = client_for(seen.bot)
+    assert (await client.post("/bot", json={})).status_code == 200
+    generated = seen.args[0].session_id
+    assert len(generated) == 36  # a UUID
+    start = logs.having("Starting bot session")[0]
+    assert start[1] == generated  # its lines carry it, not NONE
+    assert f'"session_id": "{generated}", "session_id_generated": true' in start[2]
+    assert "session_id_generated" not in logs.having("Stopping bot session")[0][2]

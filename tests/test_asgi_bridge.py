@@ -160,3 +160,30 @@ async def test_events_queued_past_the_credits_when_diverted_are_repaid_before_cr
                 await trio.testing.wait_all_tasks_blocked()
                 assert reader.delivered == 3
                 nursery.cancel_scope.cancel()
+
+
+async def test_received_frames_have_uvicorns_shape_only_the_key_that_carries_data():
+    """Hypercorn adds ``"text": None`` beside ``bytes`` (and the reverse); uvicorn, which the
+    existing image runs, leaves the other key out, and Starlette's receive_text/receive_bytes
+    behave by that."""
+    frames = [
+        {"type": "websocket.receive", "bytes": b"\x01\x02", "text": None},
+        {"type": "websocket.receive", "bytes": None, "text": "hello"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    send, receive = trio.open_memory_channel[dict](len(frames))
+    for frame in frames:
+        send.send_nowait(dict(frame))
+    async with open_bridge_loop() as loop:
+        async with open_asgi_bridge(loop, receive.receive, _no_send) as bridge:
+
+            async def read_all() -> list[dict]:
+                return [dict(await bridge.receive()) for _ in frames]
+
+            task = loop.create_task(read_all())
+            await wait_task(task, cancel_grace=1)
+    assert task.result() == [
+        {"type": "websocket.receive", "bytes": b"\x01\x02"},
+        {"type": "websocket.receive", "text": "hello"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]

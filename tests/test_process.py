@@ -247,3 +247,22 @@ async def test_console_script_runs_the_same_cli():
     script = Path(sys.executable).parent / "pipecat-base"
     result = await trio.run_process([str(script), "serve", "--help"], capture_stdout=True)
     assert b"path to the bot file or a module name" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("host", "cause"), [("127.0.0.1", "Address already in use"), ("bad.invalid", "")]
+)
+async def test_an_address_the_server_cannot_listen_on_is_one_line_and_exit_3(host, cause):
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"HOST": host, "PORT": str(port)}
+        async with server_process(BOTS / "waiting_bot.py", env=env, wait_ready=False) as server:
+            with trio.fail_after(60):
+                assert await server.wait_exit() == 3
+    lines = [line for line in server.text.splitlines() if line.startswith("pipecat-base:")]
+    assert lines == [lines[0]]
+    assert lines[0].startswith(f"pipecat-base: cannot listen on {host}:{port}: ")
+    assert cause in lines[0]
+    assert "Traceback" not in server.text

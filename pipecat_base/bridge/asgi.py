@@ -123,6 +123,13 @@ class AsgiBridge:
             await future
 
     def _queue(self, event: Message) -> None:
+        if event["type"] == "websocket.receive":
+            # uvicorn's shape, which Starlette (and so pipecat) runs on under the existing
+            # image: only the key that carries the frame (Hypercorn adds the other as None).
+            if event.get("text", "") is None:
+                del event["text"]
+            elif event.get("bytes", b"") is None:
+                del event["bytes"]
         self._inbox.put_nowait(event)
         if event["type"] in _DISCONNECTS:
             self.disconnected.set()

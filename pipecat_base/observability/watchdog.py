@@ -9,7 +9,8 @@ cancel scopes the server relies on cannot fire while their thread is blocked.
   stack, the culprit's file and line, and the session whose task was running; stalls are counted
   for ``/readyz``.
 * The heartbeat also measures how late each beat was; a smaller stall in the first seconds of a
-  session (imports, model loads in ``bot()``) is reported at INFO so users learn to preload.
+  session (imports, model loads in ``bot()``) is reported at INFO once per process, so users
+  learn to preload, and at DEBUG after that (pipecat loads some models inside the pipeline).
 * Once shutdown begins, the thread holds the process to its bound: ``SHUTDOWN_TIMEOUT +
   SESSION_CANCEL_GRACE`` plus the second-cancel window. While the loop is blocked at that point,
   nothing of ours can finish the shutdown, so it flushes the logs and ends the process with exit
@@ -84,6 +85,7 @@ class LoopWatchdog:
         self._longest = 0.0
         self._lock = threading.Lock()
         self._beat_checks: list[Callable[[], object]] = []
+        self._start_stall_said = False
 
     def check_on_beat(self, check: Callable[[], object]) -> None:
         """Run ``check`` on the Trio thread at every beat (cheap checks only: ten a second)."""
@@ -133,8 +135,14 @@ class LoopWatchdog:
         session_id = self._recent_session(START_WINDOW)
         if session_id is None and late < self._stall_warning:
             return
+        # pipecat loads its models inside the pipeline, which a bot author cannot move: the
+        # advice is given once per process, later start stalls only at DEBUG.
+        level = "DEBUG" if session_id and self._start_stall_said else "INFO"
+        if session_id:
+            self._start_stall_said = True
         with session_context(session_id):
-            logger.info(
+            logger.log(
+                level,
                 # Lateness of one beat is a lower bound: the block may have begun mid-period.
                 f"The event loop was blocked for at least {late:.2f}s"
                 + (
@@ -142,7 +150,7 @@ class LoopWatchdog:
                     "session; do them at module level (see README, 'Blocking code')"
                     if session_id
                     else ""
-                )
+                ),
             )
 
     # -- watchdog thread ------------------------------------------------------------------

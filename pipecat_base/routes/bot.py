@@ -7,6 +7,7 @@ waits for its peer's offer (`routes.webrtc`).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,10 @@ def blueprint(routes: Routes) -> Blueprint:
         problem = inputs.session_id_problem(session_id)
         if problem is not None:
             return detail(problem, 400)
+        # Without one (a local curl, a custom client) its lines could not be told apart.
+        generated = not session_id
+        if generated:
+            session_id = str(uuid.uuid4())
         try:
             body = inputs.parse_json_object(await request_body())
             body, flow_config = flows.split_envelope(headers.get(flows.ENVELOPE_HEADER), body)
@@ -72,7 +77,8 @@ def blueprint(routes: Routes) -> Blueprint:
                 redact = Secret(token).scrub
         args.flow_config = flow_config
         try:
-            handle = await supervisor.start(SessionSpec(session_id, args, budget, redact=redact))
+            spec = SessionSpec(session_id, args, budget, redact=redact, id_generated=generated)
+            handle = await supervisor.start(spec)
         except SessionRefused as exc:
             return refused(exc)
         await handle.wait()
