@@ -52,22 +52,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pipecat. Imported later, every pipeline fails with "no running event loop".
     import trio_asyncio  # noqa: F401
 
-    parser = argparse.ArgumentParser(prog="pipecat-base", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pipecat-base",
+        description="Serve a Pipecat bot's async def bot(args) as Pipecat Cloud does.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {own_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve a bot module on PORT (default 8080)")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a bot module on PORT (default 8080)",
+        description="Serve a bot module until SIGTERM or SIGINT, then drain and exit 0.",
+    )
     sub.add_parser("cloud", help="a local Pipecat Cloud emulator (pipecat-base cloud --help)")
     serve.add_argument(
         "bot",
         nargs="?",
         help="path to the bot file or a module name (default: $PIPECAT_BOT, else 'bot')",
     )
+    serve.add_argument("--host", help="address to listen on (default: $HOST, else 0.0.0.0)")
+    serve.add_argument(
+        "--port", type=int, help="port to listen on, 0 for any free one (default: $PORT, else 8080)"
+    )
     options = parser.parse_args(argv)
+    if options.port is not None and not 0 <= options.port <= 65535:
+        parser.error(f"--port {options.port}: a port is 0 to 65535")
 
     from pipecat_base.config import ConfigError, load_settings
 
     try:
-        overrides = {"bot": options.bot} if options.bot else {}
-        settings = load_settings(**overrides)
+        given = {"bot": options.bot, "host": options.host, "port": options.port}
+        settings = load_settings(**{k: v for k, v in given.items() if v is not None})
     except ConfigError as exc:
         print(f"pipecat-base: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -115,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bot_module = load_bot(settings.bot)
     except BotLoadError as exc:
         print(f"pipecat-base: cannot load the bot: {exc}", file=sys.stderr)
+        if exc.details:
+            print(exc.details, file=sys.stderr)
         return EXIT_BOT
 
     type_warnings: list[str] = []
@@ -209,6 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # teardown still run (Python does not promise finalizers for objects alive at exit).
     gc.freeze()
     return 0
+
+
+def own_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pipecat-base")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def listen_failure(exc: BaseException) -> OSError | None:

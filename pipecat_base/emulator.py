@@ -31,11 +31,13 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -342,6 +344,7 @@ async def run(options: argparse.Namespace) -> int:
 
         nursery.start_soon(watch_signals)
         binds = await nursery.start(serve)
+        remember_url(binds[0])
         print(
             f"Pipecat Cloud emulator for agent {options.agent!r} on {binds[0]} "
             f"(server {child.url}); start a session with: curl -X POST "
@@ -355,16 +358,45 @@ async def run(options: argparse.Namespace) -> int:
     return 0 if child.exit_code == 0 else 1
 
 
+def url_file() -> Path:
+    """Where ``cloud run`` notes its URL, so ``cloud drain`` finds it whatever the port."""
+    return Path(tempfile.gettempdir()) / f"pipecat-base-cloud-{os.getuid()}.url"
+
+
+def remember_url(url: str) -> None:
+    try:
+        url_file().write_text(url)
+    except OSError:
+        pass  # drain then needs --url
+
+
+def last_url() -> str:
+    try:
+        return url_file().read_text().strip() or f"http://127.0.0.1:{DEFAULT_PORT}"
+    except OSError:
+        return f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
 def drain_command(options: argparse.Namespace) -> int:
-    response = httpx.post(f"{options.url.rstrip('/')}/v1/emulator/drain", timeout=None)
+    url = options.url or last_url()
+    response = httpx.post(f"{url.rstrip('/')}/v1/emulator/drain", timeout=None)
     print(response.text)
     return 0 if response.status_code == 200 and response.json().get("exit_code") == 0 else 1
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pipecat-base cloud", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pipecat-base cloud",
+        description="A local Pipecat Cloud: the platform's start and Session APIs in front of "
+        "a pipecat-base server running your bot.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    run_parser = sub.add_parser("run", help="serve BOT behind the platform's APIs")
+    run_parser = sub.add_parser(
+        "run",
+        help="serve BOT behind the platform's APIs",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     run_parser.add_argument("bot", nargs="?", help="as for pipecat-base serve")
     run_parser.add_argument("--agent", default="my-agent", help="the agent name in the paths")
     run_parser.add_argument("--host", default="127.0.0.1")
@@ -374,7 +406,9 @@ def main(argv: list[str]) -> int:
         help="sent as X-PCC-Max-Session-Seconds with every start (default: none)",
     )  # fmt: skip
     drain_parser = sub.add_parser("drain", help="drain the server behind a running emulator")
-    drain_parser.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_PORT}")
+    drain_parser.add_argument(
+        "--url", help="the emulator's URL (default: the last `cloud run`'s, else port 7860)"
+    )
     options = parser.parse_args(argv)
     if options.command == "drain":
         return drain_command(options)

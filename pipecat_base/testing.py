@@ -378,14 +378,41 @@ async def open_bot_runtime(
         logger.remove(sink)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The kit's fixtures are Trio code: without pytest-trio's trio mode (or the ``trio``
+    marker) pytest fails them with errors about its own internals; say what to set instead."""
+    if "bot_runtime" not in getattr(item, "fixturenames", ()):
+        return
+    if item.config.getini("trio_mode") or item.get_closest_marker("trio") is not None:
+        return
+    raise pytest.UsageError(
+        "pipecat_base.testing runs on pytest-trio's trio mode: set trio_mode = true under "
+        "[tool.pytest.ini_options] in pyproject.toml (or trio_mode = true in pytest.ini)"
+    )
+
+
+def resolve_bot(bot: Any, test_file: Path) -> Any:
+    """A relative bot path is the test file's neighbour when it is there (tests usually sit
+    beside their bot), else the working directory's, as ``pipecat-base serve`` reads it."""
+    if isinstance(bot, (str, Path)) and str(bot).endswith(".py") and not Path(bot).is_absolute():
+        beside = test_file.parent / bot
+        if beside.is_file():
+            return str(beside)
+    return bot
+
+
 @pytest.fixture
-async def bot_runtime() -> AsyncIterator[Callable[..., Awaitable[BotRuntime]]]:
+async def bot_runtime(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[..., Awaitable[BotRuntime]]]:
     """``runtime = await bot_runtime("bot.py", SESSION_CANCEL_GRACE="2")``: an in-process
-    server for the bot, closed (its sessions drained at once) when the test ends."""
+    server for the bot (a relative path is looked up beside the test file first), closed (its
+    sessions drained at once) when the test ends."""
     async with trio.open_nursery() as nursery:
         closers: list[trio.Event] = []
 
         async def make(bot: Any, **env: str) -> BotRuntime:
+            bot = resolve_bot(bot, Path(str(request.path)))
             ready: list[BotRuntime] = []
             done = trio.Event()
             close = trio.Event()

@@ -17,6 +17,9 @@ from pipecat_base.bridge.loop import open_bridge_loop
 from pipecat_base.nursery import SessionSupervisor
 from pipecat_base.observability.logs import NO_SESSION
 
+# pytester: the test kit's own checks run pytest inside a test.
+pytest_plugins = ["pytester"]
+
 PIPECAT = sys.version_info >= (3, 11)
 needs_pipecat = pytest.mark.skipif(not PIPECAT, reason="pipecat-ai needs Python >= 3.11")
 

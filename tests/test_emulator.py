@@ -117,3 +117,12 @@ async def test_drain_command_reports_a_server_it_cannot_drain():
                              ("/v1/public/a/sessions/s1/talk", 502)):  # fmt: skip
             assert await refused_status(test_client, path) == status
         nursery.cancel_scope.cancel()
+
+
+def test_cloud_drain_finds_the_last_runs_url(tmp_path, monkeypatch):
+    from pipecat_base import emulator
+
+    monkeypatch.setattr(emulator.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert emulator.last_url() == "http://127.0.0.1:7860"  # no run yet
+    emulator.remember_url("http://127.0.0.1:45678")
+    assert emulator.last_url() == "http://127.0.0.1:45678"

@@ -66,10 +66,15 @@ def test_missing_module_and_file(tmp_path: Path):
         load_bot(str(tmp_path / "nosuch.py"))
 
 
-def test_import_errors_of_the_bot_itself_propagate(tmp_path: Path, monkeypatch):
+def test_import_errors_of_the_bot_itself_are_summarised_with_its_traceback(
+    tmp_path: Path, monkeypatch
+):
     monkeypatch.setattr(sys, "path", list(sys.path))
     path = tmp_path / "raisingbot.py"
     path.write_text("raise RuntimeError('broken at import')\n")
-    with pytest.raises(RuntimeError, match="broken at import"):
+    with pytest.raises(BotLoadError) as caught:
         load_bot(str(path))
+    assert str(caught.value) == f"RuntimeError at {path}:1: broken at import"
+    assert caught.value.details.endswith("RuntimeError: broken at import")
+    assert str(path) in caught.value.details
     assert "raisingbot" not in sys.modules

@@ -266,3 +266,54 @@ async def test_an_address_the_server_cannot_listen_on_is_one_line_and_exit_3(hos
     assert lines[0].startswith(f"pipecat-base: cannot listen on {host}:{port}: ")
     assert cause in lines[0]
     assert "Traceback" not in server.text
+
+
+@pytest.mark.parametrize(
+    ("source", "summary", "user_line"),
+    [
+        ("import asyncio\n\ndef oops(:\n    pass\n", "SyntaxError at {bot}:3: invalid syntax",
+         "def oops(:"),
+        ("import not_a_module_xyz\n", "ModuleNotFoundError at {bot}:1: No module named "
+         "'not_a_module_xyz'", "import not_a_module_xyz"),
+        ("def helper():\n    raise RuntimeError('boom')\n\nhelper()\n",
+         "RuntimeError at {bot}:2: boom", "raise RuntimeError('boom')"),
+    ],
+    ids=["syntax", "import", "raises"],
+)  # fmt: skip
+async def test_a_bot_that_fails_to_load_gets_one_summary_line_and_its_own_traceback(
+    tmp_path, source, summary, user_line
+):
+    bot = tmp_path / "bot.py"
+    bot.write_text(source)
+    async with server_process(bot, wait_ready=False) as server:
+        with trio.fail_after(30):
+            assert await server.wait_exit() == 1
+    lines = server.text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("pipecat-base:"))
+    assert lines[first] == f"pipecat-base: cannot load the bot: {summary.format(bot=bot)}"
+    rest = "\n".join(lines[first + 1 :])
+    assert user_line in rest
+    assert "pipecat_base" not in rest  # the user's frames only
+    assert "importlib" not in rest
+
+
+async def test_a_directory_as_the_bot_says_so(tmp_path):
+    async with server_process(tmp_path, wait_ready=False) as server:
+        with trio.fail_after(30):
+            assert await server.wait_exit() == 1
+    assert f"pipecat-base: cannot load the bot: {tmp_path} is a directory" in server.text
+
+
+async def test_version_and_serve_flags_over_the_environment():
+    done = await trio.run_process(
+        [sys.executable, "-m", "pipecat_base", "--version"], capture_stdout=True
+    )
+    assert done.stdout.decode().startswith("pipecat-base ")
+    argv = [sys.executable, "-m", "pipecat_base", "serve", str(BOTS / "waiting_bot.py"),
+            "--host", "127.0.0.1", "--port", "0"]  # fmt: skip
+    # The flags win over HOST and PORT (which would not even parse).
+    async with server_process(argv=argv, env={"HOST": "bad.invalid", "PORT": "1"}) as server:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{server.url}/livez")).status_code == 200
+        code, _ = await server.terminate()
+    assert code == 0

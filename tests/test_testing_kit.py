@@ -70,3 +70,22 @@ async def test_a_bot_blocking_the_loop_counts_as_a_stall():
         assert runtime.stalls == 1
     assert session.outcome == "completed"
     assert [r for r in runtime.records if "Event loop blocked" in r.message]
+
+
+async def test_a_relative_bot_path_is_found_beside_the_test_file(bot_runtime, autojump_clock):
+    # "bots/stubborn_bot.py" is next to this file, not under the working directory.
+    runtime = await bot_runtime("bots/stubborn_bot.py")
+    assert runtime.bot_module.name == "stubborn_bot"
+
+
+def test_the_kit_without_trio_mode_says_what_to_set(pytester):
+    pytester.makeconftest('pytest_plugins = ["pipecat_base.testing"]')
+    pytester.makepyfile(
+        """
+        async def test_needs_trio(bot_runtime):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*trio_mode = true*"])
+    assert result.ret != 0

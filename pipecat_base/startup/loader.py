@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,32 @@ from typing import Any
 
 
 class BotLoadError(Exception):
-    """The bot module cannot be used; `str()` says why in one line."""
+    """The bot module cannot be used; `str()` says why in one line, `details` (may be empty)
+    the part of the traceback that is the user's."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def import_failure(exc: Exception, path: Path | None) -> BotLoadError:
+    """A summary line for what the bot's import raised, and the traceback's frames that are
+    the user's (importlib's and ours are left out)."""
+    trace = traceback.TracebackException.from_exception(exc)
+    ours = ("<frozen importlib", str(Path(__file__).parent.parent))
+    trace.stack = traceback.StackSummary.from_list(
+        [frame for frame in trace.stack if not frame.filename.startswith(ours)]
+    )
+    name = type(exc).__name__
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename}:{exc.lineno}"
+        summary = f"{name} at {where}: {exc.msg}"
+    else:
+        frame = trace.stack[-1] if trace.stack else None
+        where = f" at {frame.filename}:{frame.lineno}" if frame is not None else ""
+        summary = f"{name}{where}: {exc}"
+    details = "".join(trace.format()).rstrip("\n")
+    return BotLoadError(summary, details)
 
 
 @dataclass(frozen=True)
@@ -38,13 +64,14 @@ class BotModule:
 def load_bot(spec: str, *, cwd: Path | None = None) -> BotModule:
     """Import the module named by ``spec`` and check its ``bot`` callable.
 
-    Exceptions raised by the module's own import code propagate unchanged (a traceback and exit
-    code 1 tell the user more than any summary of ours). Imports nothing of its own: the server
+    What the module's own import code raises becomes a `BotLoadError` with a summary line and
+    the user's part of the traceback (`import_failure`). Imports nothing of its own: the server
     imports trio_asyncio before any bot (see `pipecat_base.cli`), and the benchmark's asyncio
     baseline loads bots with this function without it.
 
     Raises:
-        BotLoadError: the module does not exist or has no ``async def bot(args)``.
+        BotLoadError: the module does not exist, raises at import, or has no
+            ``async def bot(args)``.
     """
     base = cwd or Path.cwd()
     path = Path(spec)
@@ -68,6 +95,10 @@ def load_bot(spec: str, *, cwd: Path | None = None) -> BotModule:
 
 
 def _import_path(path: Path) -> ModuleType:
+    if path.is_dir():
+        raise BotLoadError(
+            f"{path} is a directory: name the bot file in it (for example {path / 'bot.py'})"
+        )
     if not path.is_file():
         raise BotLoadError(f"bot file not found: {path}")
     directory = str(path.parent.resolve())
@@ -83,6 +114,9 @@ def _import_path(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise import_failure(exc, path) from None
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -95,4 +129,7 @@ def _import_name(name: str, base: Path) -> ModuleType:
         sys.path.insert(0, directory)
     if importlib.util.find_spec(name.split(".")[0]) is None:
         raise BotLoadError(f"no module named {name!r} (looked in {directory} and sys.path)")
-    return importlib.import_module(name)
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise import_failure(exc, None) from None
