@@ -25,6 +25,7 @@ room, such as ``webrtc``, or ``/ws`` on the server directly.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -53,6 +54,7 @@ HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "content-length",
 }  # fmt: skip
 DEFAULT_PORT = 7860
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -275,6 +277,24 @@ def _error(message: str, status: int) -> tuple[Response, int]:
     return response, status
 
 
+class ServerDidNotStart(Exception):
+    """The server exited before it served (its own output says why)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the server exited with code {code} before serving: see its output above")
+        self.code = code
+
+
+def _die_with_parent() -> None:
+    # In the child, before it runs: the kernel sends it SIGTERM when the emulator dies, however
+    # it dies (a test killing it, an OOM kill), so no server is left listening on its own.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the emulator's own exit still drains it
+        pass
+
+
 @asynccontextmanager
 async def open_server_child(bot: str | None) -> AsyncIterator[ServerChild]:
     """``pipecat-base serve BOT`` on a free port of 127.0.0.1 (the rest of its settings from
@@ -282,7 +302,11 @@ async def open_server_child(bot: str | None) -> AsyncIterator[ServerChild]:
     argv = [sys.executable, "-m", "pipecat_base", "serve", *([bot] if bot else [])]
     child_env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0"}
     process = await trio.lowlevel.open_process(
-        argv, env=child_env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv,
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent,
     )
     child = ServerChild(process)
     try:
@@ -291,7 +315,7 @@ async def open_server_child(bot: str | None) -> AsyncIterator[ServerChild]:
             with trio.fail_after(120):
                 await child.wait_ready()
             if not child.url:
-                raise RuntimeError(f"the server exited ({process.returncode}) before serving")
+                raise ServerDidNotStart(await process.wait())
             yield child
             with trio.CancelScope(shield=True):
                 await child.drain()
@@ -414,4 +438,21 @@ def main(argv: list[str]) -> int:
         return drain_command(options)
     if options.max_session_seconds is not None and not options.max_session_seconds > 0:
         parser.error("--max-session-seconds must be greater than 0")
-    return trio.run(run, options)
+    try:
+        return trio.run(run, options)
+    except BaseException as exc:
+        failed = _did_not_start(exc)
+        if failed is None:
+            raise
+        print(f"pipecat-base cloud: {failed}", file=sys.stderr)
+        return failed.code or 1
+
+
+def _did_not_start(exc: BaseException) -> ServerDidNotStart | None:
+    if isinstance(exc, ServerDidNotStart):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _did_not_start(inner)
+        if found is not None:
+            return found
+    return None

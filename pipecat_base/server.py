@@ -407,10 +407,15 @@ class Server:
             assert self.supervisor is not None
             keeper = SignalKeeper(ours, self.supervisor)
             self.watchdog.check_on_beat(keeper.check)
-            task_status.started()
-            async for signum in signals:
-                logger.info(f"Received {signal.Signals(signum).name}")
-                self.request_shutdown()
+            try:
+                task_status.started()
+                async for signum in signals:
+                    logger.info(f"Received {signal.Signals(signum).name}")
+                    self.request_shutdown()
+            finally:
+                # The beat goes on a little longer: it must not put handlers back that are
+                # being taken down now.
+                keeper.stop()
 
     async def _shutdown_sequence(self) -> None:
         await self._shutdown_requested.wait()
@@ -466,8 +471,14 @@ class SignalKeeper:
     ) -> None:
         self._handlers = handlers
         self._supervisor = supervisor
+        self._active = True
+
+    def stop(self) -> None:
+        self._active = False
 
     def check(self) -> None:
+        if not self._active:
+            return
         for signum, ours in self._handlers.items():
             if signal.getsignal(signum) is ours:
                 continue

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,27 @@ from pathlib import Path
 import trio
 
 BOTS = Path(__file__).parent / "bots"
+MARK_VAR = "PIPECAT_BASE_TEST_PROCESS"
+
+
+def left_behind(mark: str) -> list[int]:
+    """Living processes (not zombies) started under ``mark``, by way of their environment."""
+    needle = f"{MARK_VAR}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 READY = re.compile(rb"Serving bot \S+ on http://[\d.]+:(\d+)")
 
 
@@ -89,8 +111,10 @@ async def server_process(
     capture_stdout: bool = False,
 ) -> AsyncIterator[ServerProcess]:
     """Start ``python -m pipecat_base serve BOT`` (or ``argv``) on a free port of 127.0.0.1."""
+    mark = uuid.uuid4().hex  # inherited by everything the child starts: see `left_behind`
     child_env = {
         **os.environ,
+        MARK_VAR: mark,
         "HOST": "127.0.0.1",
         "PORT": "0",
         "PIPECAT_LOG_LEVEL": "DEBUG",
@@ -130,3 +154,11 @@ async def server_process(
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
+    # A test leaves no process behind: the child's own children (a server an emulator
+    # started, a bot's subprocesses) are gone shortly after it.
+    with trio.CancelScope(shield=True):
+        for _ in range(200):
+            if not left_behind(mark):
+                break
+            await trio.sleep(0.05)
+    assert left_behind(mark) == [], f"processes left behind: {left_behind(mark)}"

@@ -126,3 +126,29 @@ def test_cloud_drain_finds_the_last_runs_url(tmp_path, monkeypatch):
     assert emulator.last_url() == "http://127.0.0.1:7860"  # no run yet
     emulator.remember_url("http://127.0.0.1:45678")
     assert emulator.last_url() == "http://127.0.0.1:45678"
+
+
+@pytest.mark.slow
+async def test_a_killed_emulators_server_dies_with_it():
+    argv = [sys.executable, "-m", "pipecat_base", "cloud", "run", str(BOTS / "cloud_bot.py"),
+            "--port", "0"]  # fmt: skip
+    async with server_process(argv=argv, wait_ready=False) as emulator:
+        await wait_for_url(emulator)
+        emulator.process.kill()  # no drain, no cleanup of its own
+        await emulator.process.wait()
+    # server_process asserts that nothing it started is left: the server got SIGTERM from the
+    # kernel when its parent died, and drained.
+
+
+@pytest.mark.slow
+async def test_cloud_run_with_a_bot_that_cannot_load_says_why(tmp_path):
+    bot = tmp_path / "bot.py"
+    bot.write_text("import not_a_module_xyz\n")
+    argv = [sys.executable, "-m", "pipecat_base", "cloud", "run", str(bot), "--port", "0"]
+    async with server_process(argv=argv, wait_ready=False) as emulator:
+        with trio.fail_after(60):
+            assert await emulator.wait_exit() == 1
+    assert "pipecat-base: cannot load the bot: ModuleNotFoundError" in emulator.text
+    assert emulator.text.rstrip().splitlines()[-1] == (
+        "pipecat-base cloud: the server exited with code 1 before serving: see its output above"
+    )

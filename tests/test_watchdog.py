@@ -63,8 +63,10 @@ async def test_a_short_block_while_a_session_starts_is_reported(serve_bot, logs)
     # A 0.2 s block seen by a 0.1 s heartbeat: one beat 0.1-0.2 s late (plus scheduling delay
     # on a busy machine, where other beats may also come a little late: those are reported
     # too, as they should be, but stay under the heartbeat period).
-    assert len([late for late in blocked if late >= 0.1]) == 1
-    assert 0.1 <= max(blocked) <= 0.3
+    # On a loaded machine (CI builds images beside the suite) a beat may also come late for
+    # other reasons: at least the one, and none as late as a stall.
+    assert len([late for late in blocked if late >= 0.1]) >= 1
+    assert 0.1 <= max(blocked) < 0.5
     assert not logs.having("Event loop blocked for over")  # below LOOP_STALL_WARNING
 
 
