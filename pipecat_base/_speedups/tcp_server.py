@@ -42,12 +42,15 @@ changes what this overrides fails there.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from math import inf
 from types import TracebackType
 from typing import Any, cast
 
+import h11
 import trio
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
@@ -161,6 +164,32 @@ class IdleTimer:
         with trio.CancelScope() as self._scope:
             await trio.sleep_forever()
         return not self._stopped
+
+
+class JsonErrorH11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol, whose own refusals (a request h11 cannot parse: 400, an
+    unsupported one: 505, ...) carry a JSON ``{"detail": ...}`` body like every other answer
+    of the server, instead of an empty one."""
+
+    async def _send_error_response(self, status_code: int) -> None:
+        try:
+            phrase = HTTPStatus(status_code).phrase
+        except ValueError:
+            phrase = "Error"
+        body = json.dumps({"detail": phrase}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *self.config.response_headers("h11"),
+        ]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
+
+# Hypercorn's HTTP/1.1 protocol as it comes, and as `LeanTCPServer` answers its refusals.
+_H11_CLASSES = (H11Protocol, JsonErrorH11Protocol)
 
 
 class LeanTaskGroup(TaskGroup):
@@ -282,6 +311,11 @@ class LeanTCPServer(TCPServer):
         return cast(trio.SocketStream, self.stream)
 
     async def _read_data(self) -> None:
+        # Hypercorn builds the connection's protocol just before it reads: its HTTP/1.1 one
+        # answers its own refusals in JSON from here on (same class, one method more).
+        protocol = getattr(self.protocol, "protocol", None)
+        if type(protocol) is H11Protocol:
+            protocol.__class__ = JsonErrorH11Protocol
         try:
             if self.config.read_timeout or not self.plain:
                 await super()._read_data()
@@ -313,7 +347,7 @@ class LeanTCPServer(TCPServer):
         """The WebSocket this HTTP/1.1 connection was upgraded to, once its h11 layer only
         passes bytes through to it (nothing left in its buffer); None until then."""
         protocol = getattr(self.protocol, "protocol", None)
-        if type(protocol) is not H11Protocol:
+        if not isinstance(protocol, H11Protocol) or type(protocol) not in _H11_CLASSES:
             return None
         connection, stream = protocol.connection, protocol.stream
         if isinstance(connection, H11WSConnection) and not connection.buffer:
