@@ -25,6 +25,18 @@ async def post(url: str, body: dict, session_id: str) -> httpx.Response:
         )
 
 
+@pytest.mark.parametrize("what", ["sys-exit", "keyboard-interrupt"])
+async def test_a_bot_exiting_ends_its_session_and_the_server_serves_on(what):
+    async with server_process(BOT) as server:
+        assert (await post(server.url, {"do": what}, "quitter")).status_code == 200
+        assert (await post(server.url, {}, "after")).status_code == 200
+        code, _ = await server.terminate(limit=30)
+    assert code == 0
+    assert "Exception running bot(): bot() raised" in server.text
+    assert server.text.count("Stopping bot session") == 2
+    assert "before the server was up" not in server.text
+
+
 @pytest.mark.parametrize("what", ["close-stdout", "close-stderr"])
 async def test_a_bot_closing_stdout_or_stderr_breaks_neither_logging_nor_shutdown(what):
     async with server_process(BOT) as server:

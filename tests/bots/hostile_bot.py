@@ -12,7 +12,11 @@ from loguru import logger
 async def bot(args):
     what = (args.body or {}).get("do")
     logger.info(f"hostile bot: {what}")
-    if what == "close-stdout":
+    if what == "sys-exit":
+        sys.exit(3)
+    elif what == "keyboard-interrupt":
+        raise KeyboardInterrupt
+    elif what == "close-stdout":
         os.close(1)
     elif what == "close-stderr":
         os.close(2)
