@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipecat_base.observability.logs import configure_logging
     from pipecat_base.server import Server
     from pipecat_base.sessions import args as session_args
+    from pipecat_base.startup.failures import find_failure
 
     types_from = session_args.preload()
     configure_logging(settings.log_level, sink=capture.console if capture else None, jsonl=jsonl)
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trio.run(server.run)
     except BaseException as exc:
-        cause = None if server.listening else listen_failure(exc)
+        cause = None if server.listening else find_failure(exc, OSError)
         if cause is None:
             raise
         # One line, not the nested groups the failure arrives in.
@@ -234,18 +235,6 @@ def own_version() -> str:
         return metadata.version("pipecat-base")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def listen_failure(exc: BaseException) -> OSError | None:
-    """The OSError (address in use, unknown host, ...) inside what ``trio.run`` raised, if
-    that is what it was."""
-    if isinstance(exc, OSError):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        found = listen_failure(inner)
-        if found is not None:
-            return found
-    return None
 
 
 def observers_setup_path() -> str:

@@ -47,6 +47,8 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
+from pipecat_base.startup.failures import find_failure
+
 READY = re.compile(rb"Serving bot \S+ on (http://[\d.:\[\]a-z]+)")
 # Headers the proxy does not forward: hop-by-hop ones, and those the client recomputes.
 HOP_BY_HOP = {
@@ -441,18 +443,8 @@ def main(argv: list[str]) -> int:
     try:
         return trio.run(run, options)
     except BaseException as exc:
-        failed = _did_not_start(exc)
+        failed = find_failure(exc, ServerDidNotStart)
         if failed is None:
             raise
         print(f"pipecat-base cloud: {failed}", file=sys.stderr)
         return failed.code or 1
-
-
-def _did_not_start(exc: BaseException) -> ServerDidNotStart | None:
-    if isinstance(exc, ServerDidNotStart):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        found = _did_not_start(inner)
-        if found is not None:
-            return found
-    return None

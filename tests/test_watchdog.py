@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trio
 
-from .process import BOTS, server_process
+from .process import BOTS, ServerProcess, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -77,15 +77,18 @@ async def test_idle_server_reports_no_stalls(serve_bot, logs):
     assert not logs.having("blocked")
 
 
-async def test_bot_blocking_forever_during_shutdown_still_exits_0_at_the_bound(tmp_path):
-    env = {"SHUTDOWN_TIMEOUT": "0.5", "SESSION_CANCEL_GRACE": "0.5"}
+async def sigterm_while_blocking(
+    env: dict[str, str], body: dict
+) -> tuple[ServerProcess, int, float]:
+    """Start a session that blocks the loop as ``body`` says, SIGTERM once it does: the
+    server, its exit code and how long the exit took."""
     async with server_process(BOT, env=env) as server:
         async with trio.open_nursery() as nursery:
 
             async def call() -> None:
-                async with httpx.AsyncClient(timeout=30) as client:
+                async with httpx.AsyncClient(timeout=60) as client:
                     try:
-                        await client.post(f"{server.url}/bot", json={"block": "on-cancel"})
+                        await client.post(f"{server.url}/bot", json=body, headers=SESSION)
                     except httpx.HTTPError:
                         pass  # the process is ended mid-request, by design
 
@@ -93,6 +96,13 @@ async def test_bot_blocking_forever_during_shutdown_still_exits_0_at_the_bound(t
             with trio.fail_after(30):
                 await server.wait_for_output(b"blocking now")
             code, elapsed = await server.terminate(limit=30)
+            nursery.cancel_scope.cancel()
+    return server, code, elapsed
+
+
+async def test_bot_blocking_forever_during_shutdown_still_exits_0_at_the_bound(tmp_path):
+    env = {"SHUTDOWN_TIMEOUT": "0.5", "SESSION_CANCEL_GRACE": "0.5"}
+    server, code, elapsed = await sigterm_while_blocking(env, {"block": "on-cancel"})
     assert code == 0
     # SHUTDOWN_TIMEOUT 0.5 + SESSION_CANCEL_GRACE 0.5 + second-cancel window 0.5; the loop is
     # blocked at the bound, so no margin.
@@ -104,22 +114,8 @@ async def test_bot_blocking_forever_during_shutdown_still_exits_0_at_the_bound(t
 async def test_sigterm_while_a_bot_blocks_the_loop_exits_0_within_the_shutdown_bound():
     """The exit bound is armed by the signal handler itself: no Trio task has to run."""
     env = {"SHUTDOWN_TIMEOUT": "1", "SESSION_CANCEL_GRACE": "1"}
-    async with server_process(BOT, env=env) as server:
-        async with trio.open_nursery() as nursery:
-
-            async def call() -> None:
-                async with httpx.AsyncClient(timeout=60) as client:
-                    body = {"block": "sleep", "seconds": 30}
-                    try:
-                        await client.post(f"{server.url}/bot", json=body, headers=SESSION)
-                    except httpx.HTTPError:
-                        pass  # the process is ended mid-request, by design
-
-            nursery.start_soon(call)
-            with trio.fail_after(30):
-                await server.wait_for_output(b"blocking now")
-            code, elapsed = await server.terminate(limit=30)
-            nursery.cancel_scope.cancel()
+    body = {"block": "sleep", "seconds": 30}
+    server, code, elapsed = await sigterm_while_blocking(env, body)
     assert code == 0
     assert elapsed < 1 + 1 + 0.5, elapsed  # SHUTDOWN_TIMEOUT + grace + the second window
     last = server.text.strip().splitlines()[-1]
