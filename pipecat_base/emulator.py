@@ -49,7 +49,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from pipecat_base.startup.failures import find_failure
 
-READY = re.compile(rb"Serving bot \S+ on (http://[\d.:\[\]a-z]+)")
+READY = re.compile(rb"Serving (?:module )?\S+ on (http://[\d.:\[\]a-z]+)")
 # Headers the proxy does not forward: hop-by-hop ones, and those the client recomputes.
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",

@@ -359,7 +359,7 @@ class Server:
                 control.start_soon(self._shutdown_sequence)
                 binds = await control.start(self._serve_http, runtime.asgi)
                 self.listening = True
-                logger.info(f"Serving bot {self.bot_module.name} on {', '.join(binds)}")
+                logger.info(f"Serving {self.bot_module.label} on {', '.join(binds)}")
                 # uvicorn's words, which the existing image printed and log alerts key on.
                 logger.info(STARTUP_COMPLETE)
                 task_status.started(binds)

@@ -1,6 +1,6 @@
 """A real ``pipecat-base serve`` child process, for what only a process shows.
 
-The server announces readiness with its ``Serving bot ... on http://HOST:PORT`` log line; the
+The server announces readiness with its ``Serving bot.py on http://HOST:PORT`` log line; the
 harness reads the port from it (the server binds port 0), keeps reading stderr in the
 background, and exposes the exit code.
 """
@@ -42,7 +42,7 @@ def left_behind(mark: str) -> list[int]:
     return found
 
 
-READY = re.compile(rb"Serving bot \S+ on http://[\d.]+:(\d+)")
+READY = re.compile(rb"Serving (?:module )?\S+ on http://[\d.]+:(\d+)")
 
 
 class ServerProcess:

@@ -193,7 +193,7 @@ async def test_refusal_in_a_child_process(tmp_path, version, files, bot, expecte
     assert line == expected
     assert "\n" not in line
     assert f"CRITICAL: {line}\n" in server.text
-    assert "Serving bot" not in server.text
+    assert "Application startup complete" not in server.text
 
 
 SITECUSTOMIZE = """

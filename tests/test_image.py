@@ -141,7 +141,7 @@ async def test_failing_pre_app_hook_stops_the_start(tmp_path):
             code = await server.wait_exit()
     assert code == 3
     assert "hook failed" in server.text
-    assert "Serving bot" not in server.text
+    assert "Application startup complete" not in server.text
 
 
 @needs_tini

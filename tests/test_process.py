@@ -175,7 +175,7 @@ async def test_sigterm_during_slow_bot_import_exits_0_promptly():
     assert elapsed < 1.0, elapsed
     lines = server.text.splitlines()
     assert lines[-1] == "SIGTERM received before the server was up; nothing to drain, exiting"
-    assert "Serving bot" not in server.text
+    assert "Application startup complete" not in server.text
 
 
 async def test_early_sigterm_with_the_lane_on_is_an_app_warning_record(tmp_path: Path):

@@ -60,6 +60,12 @@ class BotModule:
     def name(self) -> str:
         return self.module.__name__
 
+    @property
+    def label(self) -> str:
+        """How log lines name it: its file (``bot.py``), or ``module <name>``."""
+        path = getattr(self.module, "__file__", None)
+        return Path(path).name if path else f"module {self.name}"
+
 
 def load_bot(spec: str, *, cwd: Path | None = None) -> BotModule:
     """Import the module named by ``spec`` and check its ``bot`` callable.
