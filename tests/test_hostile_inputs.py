@@ -143,7 +143,9 @@ async def test_an_http_version_we_do_not_speak_is_a_505(serve_bot):
 
 @pytest.mark.usefixtures("all_speedups")  # Hypercorn's own refusal, answered by tcp_server
 async def test_a_request_hypercorn_cannot_parse_gets_a_json_400(serve_bot):
-    async with serve_bot(str(BOTS / "waiting_bot.py")) as served:
+    # The server engages what its settings select: here every speedup, whatever the run's.
+    waiting_bot = str(BOTS / "waiting_bot.py")
+    async with serve_bot(waiting_bot, PIPECAT_BASE_SPEEDUPS="1") as served:
         response = await raw_exchange(served.url, b"NOT HTTP AT ALL\r\n\r\n")
     status, body = status_and_body(response)
     assert status.split(b" ")[1] == b"400"
