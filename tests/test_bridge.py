@@ -16,7 +16,7 @@ import trio.testing
 import trio_asyncio
 
 from pipecat_base._speedups.loop_scheduler import ITERATIONS_PER_ROUND
-from pipecat_base.bridge.loop import open_bridge_loop, wait_task
+from pipecat_base.bridge.loop import ASYNCGEN_CLOSE_BOUND, open_bridge_loop, run_aio, wait_task
 
 from .steps import counting_steps
 
@@ -537,3 +537,28 @@ async def test_a_batch_sees_asyncios_own_lookups_and_trio_code_sees_trio_asyncio
         assert (asyncio.get_running_loop, asyncio.events._get_running_loop,
                 asyncio.current_task, asyncio.tasks.current_task) == trio_side  # fmt: skip
         assert asyncio.get_running_loop() is loop
+
+
+async def test_an_async_generator_whose_cleanup_never_ends_cannot_hold_the_loops_exit(
+    autojump_clock,
+):
+    closing: list[str] = []
+
+    async def stubborn() -> Any:
+        try:
+            yield 1
+        finally:
+            closing.append("closing")
+            await asyncio.Event().wait()  # its cleanup waits for a peer that is gone
+
+    async def start_one() -> Any:
+        agen = stubborn()
+        await agen.__anext__()  # open, then left open
+        return agen
+
+    began = trio.current_time()
+    async with open_bridge_loop() as loop:
+        kept = await run_aio(loop, start_one)
+    assert closing == ["closing"]
+    assert trio.current_time() - began <= ASYNCGEN_CLOSE_BOUND + 1
+    del kept

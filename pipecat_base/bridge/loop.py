@@ -68,6 +68,8 @@ async def open_bridge_loop() -> AsyncIterator[trio_asyncio.TrioEventLoop]:
             yield loop
         finally:
             guard.release()  # trio-asyncio's own exit stops and closes it
+            with trio.CancelScope(shield=True):
+                await close_async_generators(loop)
 
 
 class LoopGuard:
@@ -114,6 +116,23 @@ def _refuse(method: str) -> None:
         f"The bot called the asyncio loop.{method}(): refused. One loop runs every session "
         "of this server; to end a session, return from bot()."
     )
+
+
+# How long the async generators still open when the loop closes get to run their cleanup.
+ASYNCGEN_CLOSE_BOUND = 2.0
+
+
+async def close_async_generators(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the async generators still open on ``loop`` (asyncio's ``shutdown_asyncgens``),
+    bounded by `ASYNCGEN_CLOSE_BOUND`.
+
+    trio-asyncio closes them too as its loop exits, but waits for them shielded and without a
+    bound: one whose cleanup never finishes (a library's generator awaiting a peer that is
+    gone) would hold the process, and a test, forever. ``shutdown_asyncgens`` takes them off
+    the loop's list before it awaits them, so trio-asyncio then finds none left to wait for.
+    """
+    with trio.move_on_after(ASYNCGEN_CLOSE_BOUND):
+        await run_aio(loop, loop.shutdown_asyncgens, cancel_grace=SECOND_CANCEL_WINDOW)
 
 
 def adapt_loop(loop: asyncio.AbstractEventLoop) -> LoopGuard:
