@@ -87,7 +87,8 @@ class SessionEvent:
     """What the supervisor tells its listener (`SessionSupervisor`'s ``on_event``).
 
     Attributes:
-        kind: ``"started"`` as the start line is logged, ``"ended"`` as the stop line is.
+        kind: ``"started"`` as the start line is logged, ``"ended"`` just before the stop
+            line is.
         session_id: The session's id.
         time: When, on Trio's clock.
         outcome: How it ended (``ended`` only).
@@ -408,13 +409,15 @@ class SessionSupervisor:
                         await self._end_children(handle)
                 self.metrics.session_ended(handle.outcome.value, trio.current_time() - started_at)
                 self._attribution.ended(spec.session_id)
-                logger.opt(lazy=True).info(
-                    "Stopping bot session with metadata: {}", lambda: self._metadata(spec)
-                )
+                # Told first: a listener may have to mend what the bot broke (the server reopens
+                # a stdout or stderr it closed) for the stop line to reach anyone.
                 self._tell(
                     SessionEvent(
                         "ended", spec.session_id, trio.current_time(), handle.outcome, leaked
                     )
+                )
+                logger.opt(lazy=True).info(
+                    "Stopping bot session with metadata: {}", lambda: self._metadata(spec)
                 )
                 self._unregister(handle)
                 # A cancelled bot's frames (and what they hold) hang on its task's exception:

@@ -25,25 +25,30 @@ async def post(url: str, body: dict, session_id: str) -> httpx.Response:
         )
 
 
+async def hostile_session_then_sigterm(what: str) -> str:
+    """A session whose bot does ``what``, then an ordinary one; both answered, and SIGTERM
+    exits 0. The server's output."""
+    async with server_process(BOT) as server:
+        assert (await post(server.url, {"do": what}, "hostile")).status_code == 200
+        assert (await post(server.url, {}, "after")).status_code == 200
+        code, _ = await server.terminate(limit=30)
+    assert code == 0
+    return server.text
+
+
 @pytest.mark.parametrize("what", ["sys-exit", "keyboard-interrupt"])
 async def test_a_bot_exiting_ends_its_session_and_the_server_serves_on(what):
-    async with server_process(BOT) as server:
-        assert (await post(server.url, {"do": what}, "quitter")).status_code == 200
-        assert (await post(server.url, {}, "after")).status_code == 200
-        code, _ = await server.terminate(limit=30)
-    assert code == 0
-    assert "Exception running bot(): bot() raised" in server.text
-    assert server.text.count("Stopping bot session") == 2
-    assert "before the server was up" not in server.text
+    text = await hostile_session_then_sigterm(what)
+    assert "Exception running bot(): bot() raised" in text
+    assert text.count("Stopping bot session") == 2
+    assert "before the server was up" not in text
 
 
-@pytest.mark.parametrize("what", ["close-stdout", "close-stderr"])
-async def test_a_bot_closing_stdout_or_stderr_breaks_neither_logging_nor_shutdown(what):
-    async with server_process(BOT) as server:
-        assert (await post(server.url, {"do": what}, "closer")).status_code == 200
-        assert (await post(server.url, {}, "after")).status_code == 200
-        code, _ = await server.terminate(limit=30)
-    assert code == 0
+@pytest.mark.parametrize(("what", "name"), [("close-stdout", "stdout"), ("close-stderr", "stderr")])
+async def test_a_bot_closing_stdout_or_stderr_breaks_neither_logging_nor_shutdown(what, name):
+    text = await hostile_session_then_sigterm(what)
+    assert f"A bot closed {name}" in text  # reopened, and said so on the reopened stderr
+    assert text.count("Stopping bot session") == 2
 
 
 async def test_a_bot_installing_its_own_sigterm_handler_is_undone_and_shutdown_works():
