@@ -11,9 +11,10 @@ With ``--in-turn`` the servers are still all up, but each run loads them one aft
 (starting with a different one each run), as the full benchmark measures its rows: loaded at
 once, the servers and the load generator share two cores, which changes how many frames each
 wake-up finds (and so the per-frame overheads) from what a server alone sees.
-``baseline`` (no checkout) names the asyncio baseline server. ``--mode bot`` sends each server
-``--sessions`` sequential ``POST /bot`` of a bot that returns at once, and also reports their
-round trips.
+``peer-stack`` (no checkout; ``baseline`` is the same) names the existing image's stack
+(FastAPI on uvicorn with uvloop and httptools), ``uvicorn-stdlib`` the same app on asyncio's own
+loop and h11. ``--mode bot`` sends each server ``--sessions`` sequential ``POST /bot`` of a bot
+that returns at once, and also reports their round trips.
 
 Make a checkout of the commit to compare with ``git worktree add /tmp/before <commit>``.
 """
@@ -32,7 +33,12 @@ import trio
 from . import servers
 from .scenarios import BOT, calls_cost, pct, post_bots, round_trips_ms, warm_up
 
-BASELINE_NAME = "baseline"
+# Servers named without a checkout: this repository's bench.baseline on either stack.
+PEERS = {
+    servers.PEER.name: servers.PEER,
+    "baseline": servers.PEER,
+    servers.STDLIB.name: servers.STDLIB,
+}
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,9 @@ class Variant:
 
 
 def parse_variant(spec: str) -> Variant:
-    """``NAME=CHECKOUT``, or ``baseline``."""
-    if spec == BASELINE_NAME:
-        return Variant(BASELINE_NAME, servers.BASELINE, servers.ROOT)
+    """``NAME=CHECKOUT``, or one of `PEERS`."""
+    if spec in PEERS:
+        return Variant(spec, PEERS[spec], servers.ROOT)
     name, sep, path = spec.partition("=")
     root = Path(path).resolve()
     if not (sep and name and (root / "pipecat_base").is_dir()):

@@ -118,7 +118,11 @@ async def session_starts(servers: list[tuple[Server, Path]], plan: Plan, results
         ("conc", plan.concurrent, plan.concurrent),
     ):
         for server, entry_log in servers:
+            before = cpu_seconds(server.pid)
             done = await post_bots(server, count, concurrency, label)
+            await settle(server.pid)  # memory release after the last answers counts too
+            cpu_ms = (cpu_seconds(server.pid) - before) * 1000 / count
+            results.add(f"bot_cpu_ms_per_session_{label}", server.kind, cpu_ms)
             entries = _entries(entry_log)
             enter = [(entries[sid] - sent) * 1000 for sid, sent, _ in done if sid in entries]
             rtt = round_trips_ms(done)
@@ -268,13 +272,14 @@ async def capacity(kind: Kind, plan: Plan, results: Results) -> None:
     results.add("capacity_calls_p99_within_20ms_of_one_call_one_core", kind, added)
 
 
-async def run_all(plan: Plan) -> Results:
-    """Every scenario, ``plan.runs`` times. Within a run both servers are up, and each row is
-    measured on one and then the other (who goes first alternates from run to run)."""
+async def run_all(plan: Plan, servers_: tuple[Kind, ...] = KINDS) -> Results:
+    """Every scenario, ``plan.runs`` times. Within a run every server is up, and each row is
+    measured on one and then the next (the order turns from run to run)."""
     results = Results()
-    await prime()  # startups are timed with bytecode compiled, as in the image
+    await prime(servers_)  # startups are timed with bytecode compiled, as in the image
     for run in range(plan.runs):
-        kinds = KINDS if run % 2 == 0 else KINDS[::-1]
+        first = run % len(servers_)
+        kinds = servers_[first:] + servers_[:first]
         with tempfile.TemporaryDirectory() as tmp:
             async with AsyncExitStack() as stack:
                 servers: list[tuple[Server, Path]] = []

@@ -36,11 +36,15 @@ PYCACHE = Path(tempfile.gettempdir()) / f"pipecat-base-bench-pycache-{os.getuid(
 class Kind:
     name: str
     module: str
+    args: tuple[str, ...] = ()
 
 
 OURS = Kind("pipecat-base", "pipecat_base")
-BASELINE = Kind("baseline", "bench.baseline")
-KINDS = (OURS, BASELINE)
+# What users run today: the existing image's FastAPI on uvicorn[standard] (uvloop, httptools).
+PEER = Kind("peer-stack", "bench.baseline")
+# The same app on asyncio's own loop and h11: the yardstick until 2026-12-08 (`--with-stdlib`).
+STDLIB = Kind("uvicorn-stdlib", "bench.baseline", ("--stack", "stdlib"))
+KINDS = (OURS, PEER)
 
 
 def free_port() -> int:
@@ -88,12 +92,12 @@ class Server:
 
 def child_env(port: int, root: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     """A server's environment: this one's, bytecode cached in `PYCACHE`, and the bench's
-    settings. Memory release between sessions (gc + malloc_trim) is off: the baseline has
-    none, and the comparison is of the serving stack (see bench/NOTES.md)."""
+    settings. Memory release between sessions (gc + malloc_trim) stays at its default (on):
+    it runs after `/bot` has answered, and users run it (see bench/NOTES.md)."""
     inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return {**inherited, "PYTHONPYCACHEPREFIX": str(PYCACHE), "PORT": str(port),
             "HOST": "127.0.0.1", "PIPECAT_LOG_LEVEL": "WARNING",
-            "PCC_RELEASE_SESSION_MEMORY": "false", "PYTHONPATH": str(root),
+            "PYTHONPATH": str(root),
             **(env or {})}  # fmt: skip
 
 
@@ -121,7 +125,7 @@ async def running(
     root = root or ROOT
     port = free_port()
     argv = [sys.executable, *([str(launcher)] if launcher else ["-m", kind.module])]
-    argv += ["serve", bot] if kind is OURS else [bot, "--port", str(port)]
+    argv += ["serve", bot] if kind is OURS else [bot, "--port", str(port), *kind.args]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     started = time.monotonic()

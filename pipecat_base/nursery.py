@@ -45,7 +45,7 @@ from pipecat_base.observability.logs import session_context
 from pipecat_base.observability.metrics import Metrics
 from pipecat_base.observability.redaction import SECRETS, Secrets
 from pipecat_base.sessions.children import ChildProcesses
-from pipecat_base.sessions.memory import release_memory
+from pipecat_base.sessions.memory import AfterSessions
 from pipecat_base.startup.compat import installed_version
 
 
@@ -188,7 +188,8 @@ class SessionSupervisor:
         cancel_grace: ``SESSION_CANCEL_GRACE``: how long a cancelled bot may take to unwind.
         max_sessions: ``MAX_SESSIONS``, or None for no limit.
         release_session_memory: ``PCC_RELEASE_SESSION_MEMORY``: collect and trim memory after
-            a session when no other session is running (`memory`).
+            a session when no other session is running, once its route has been told it ended
+            (`memory.AfterSessions`).
         metrics: Where session events are counted (`metrics`); a private one when omitted.
         attribution: Told when sessions start and end, for captured output (`attribution`).
         publisher: Where sessions' events go (`events`); None publishes nothing.
@@ -225,6 +226,7 @@ class SessionSupervisor:
         self._cancel_grace = cancel_grace
         self._max_sessions = max_sessions
         self._release_memory = release_session_memory
+        self._memory = AfterSessions(lambda: bool(self._sessions), self._settle_loop)
         self.metrics = metrics or Metrics()
         self._attribution = attribution or Attribution()
         self.metrics.active.set_function(lambda: len(self._sessions))
@@ -424,10 +426,10 @@ class SessionSupervisor:
                 # let go of it before collecting, or a cancelled session keeps its memory.
                 task = None
                 del tasks
-                if self._release_memory and not self._sessions:
-                    with trio.CancelScope(shield=True):
-                        await self._release_after_session()
                 handle._ended.set()
+                # After the route was told: /bot answers without waiting for the collection.
+                if self._release_memory and not self._sessions:
+                    self._memory.request(self._nursery)
 
     def _conclude(
         self, handle: SessionHandle, task: asyncio.Task[Any] | None, outside_cancel: bool
@@ -461,19 +463,16 @@ class SessionSupervisor:
             return Outcome.ERROR
         return Outcome.COMPLETED
 
-    async def _release_after_session(self) -> None:
-        """Collect and trim memory (called when the last running session has ended).
+    async def memory_released(self) -> None:
+        """Return once the memory release after the last session (if any) is done."""
+        await self._memory.wait()
 
-        Runs before the route answers, so the platform places no new session meanwhile.
-        """
+    async def _settle_loop(self) -> None:
         # Teardown callbacks scheduled a turn or two after the bot returned must run first, or
         # what they free is not collectable yet: let the asyncio loop drain its callbacks, three
         # rounds (trio-asyncio's synchronize() returns once those already queued have run).
         for _ in range(3):
             await self._loop.synchronize()  # type: ignore[attr-defined]
-        if self._sessions:
-            return  # another session started meanwhile: collecting now would stall it
-        logger.debug(str(release_memory()))
 
     async def _end_children(self, handle: SessionHandle) -> None:
         """End the child processes this session started; bounded by the cancel grace."""

@@ -39,10 +39,16 @@ async def test_quick_benchmark_runs_both_servers_and_writes_the_report(tmp_path)
     )
     assert result.returncode == 0
     report = out.read_text()
-    match = re.search(r"^cpu-ratio-media-10-calls: (\d+\.\d+)$", report, re.MULTILINE)
-    assert match
-    assert float(match.group(1)) > 0
-    for metric in ("bot_entry_seq_p50_ms", "ping_pong_rtt_p50_ms", "cpu_ms_per_call_s_pipecat_10",
+    printed = result.stdout.decode()
+    for headline in ("cpu-ratio-media-10-calls-vs-peer-stack",
+                     "cpu-ratio-media-1-call-vs-peer-stack", "bot-p50-ratio-vs-peer-stack",
+                     "bot-cpu-ratio-c50-vs-peer-stack"):  # fmt: skip
+        for text in (report, printed):
+            match = re.search(rf"^{headline}: (\d+\.\d+)$", text, re.MULTILINE)
+            assert match, (headline, text)
+            assert float(match.group(1)) > 0
+    for metric in ("bot_entry_seq_p50_ms", "bot_cpu_ms_per_session_conc", "ping_pong_rtt_p50_ms",
+                   "cpu_ms_per_call_s_pipecat_10",
                    "idle_rss_mib", "idle_shutdown_s", "drain_exit_minus_shutdown_timeout_s",
                    "startup_s"):  # fmt: skip
         row = next(line for line in report.splitlines() if f"`{metric}`" in line)
@@ -95,6 +101,26 @@ def test_loop_micro_measures_both_loops():
     for result in (on_plain_asyncio(200), on_bridge_loop(200)):
         assert set(result) == {"call_soon", "sleep0", "queue_rtt", "timed_sleep"}
         assert all(v > 0 for v in result.values())
+
+
+@needs_pipecat
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "loop"), [("PEER", "uvloop"), ("STDLIB", "asyncio")])
+async def test_the_peer_stack_is_uvloop_and_httptools_and_the_stdlib_column_is_not(kind, loop):
+    # The yardstick is what the existing image's fastapi[standard] lock serves on; a peer that
+    # fell back to the stdlib loop and h11 would flatter us (issue 29).
+    import httpx
+
+    from bench import servers
+
+    async with servers.running(getattr(servers, kind)) as server:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{server.url}/livez")
+        assert response.json() == {"status": "ok", "loop": loop}
+        # The HTTP parser shows in no response: its C extension is mapped, or not.
+        maps = await trio.Path(f"/proc/{server.pid}/maps").read_text()
+        assert ("httptools" in maps) == (loop == "uvloop"), kind
+        await server.stop()
 
 
 @needs_pipecat
@@ -211,13 +237,15 @@ async def test_capacity_climbs_the_ladder_for_both_criteria(p99s, expected, aske
     assert measured == asked
 
 
-def test_ab_variants_are_checkouts_or_the_baseline(tmp_path):
+def test_ab_variants_are_checkouts_or_the_peer_servers(tmp_path):
     import argparse
 
     from bench.ab import parse_variant
-    from bench.servers import BASELINE, OURS
+    from bench.servers import OURS, PEER, STDLIB
 
-    assert parse_variant("baseline").kind is BASELINE
+    assert parse_variant("baseline").kind is PEER
+    assert parse_variant("peer-stack").kind is PEER
+    assert parse_variant("uvicorn-stdlib").kind is STDLIB
     here = parse_variant(f"now={ROOT}")
     assert (here.name, here.kind, here.root) == ("now", OURS, ROOT.resolve())
     for bad in (str(ROOT), f"x={tmp_path}", f"={ROOT}"):
@@ -238,17 +266,17 @@ def test_ab_ratios_are_per_run_against_the_first_variant():
 def test_the_report_gives_each_runs_ratio_beside_the_ratio_of_medians():
     from bench.report import tables
     from bench.scenarios import Results
-    from bench.servers import BASELINE, OURS
+    from bench.servers import OURS, PEER
 
     results = Results()
     # Run 2 found the machine slow for both servers: paired, it is a run like the others.
     for ours, base in ((12.0, 10.0), (26.0, 20.0), (11.0, 10.0)):
         results.add("cpu_ms_per_call_s_pipecat_10", OURS, ours)
-        results.add("cpu_ms_per_call_s_pipecat_10", BASELINE, base)
-    for kind in (OURS, BASELINE):
+        results.add("cpu_ms_per_call_s_pipecat_10", PEER, base)
+    for kind in (OURS, PEER):
         results.add("lost_reordered_corrupted_frames_pipecat_10", kind, 0)
     lines = tables(results)
-    assert "| metric | pipecat-base | baseline | ours / baseline | per run |" in lines
+    assert "| metric | pipecat-base | peer-stack | ours / peer-stack | per run |" in lines
     row = next(line for line in lines if "`cpu_ms_per_call_s_pipecat_10`" in line)
     assert row.endswith("| 1.2 | 1.2 (1.1–1.3) |")  # ratio of medians 12/10; runs 1.2, 1.3, 1.1
     lost = next(line for line in lines if "`lost_reordered" in line)
@@ -259,9 +287,9 @@ def test_the_report_gives_each_runs_ratio_beside_the_ratio_of_medians():
 @pytest.mark.slow
 async def test_ab_runs_the_variants_servers_at_once_under_the_same_calls():
     from bench.ab import Variant, paired_run
-    from bench.servers import BASELINE, OURS
+    from bench.servers import OURS, PEER
 
-    variants = [Variant("ours", OURS, ROOT), Variant("baseline", BASELINE, ROOT)]
+    variants = [Variant("ours", OURS, ROOT), Variant("baseline", PEER, ROOT)]
     with trio.fail_after(120):
         run = await paired_run(variants, "raw", calls=2, seconds=1.0)
     assert sorted(run) == ["baseline", "ours"]
@@ -274,7 +302,7 @@ async def test_ab_runs_the_variants_servers_at_once_under_the_same_calls():
 @pytest.mark.slow
 async def test_ab_in_turn_loads_one_server_at_a_time_starting_with_the_given_one(monkeypatch):
     from bench import ab, load
-    from bench.servers import BASELINE, OURS
+    from bench.servers import OURS, PEER
 
     names: dict[str, str] = {}
     running = ab.servers.running
@@ -296,15 +324,15 @@ async def test_ab_in_turn_loads_one_server_at_a_time_starting_with_the_given_one
 
     monkeypatch.setattr(ab.servers, "running", named)
     monkeypatch.setattr(load, "calls", watched)
-    variants = [ab.Variant("ours", OURS, ROOT), ab.Variant("baseline", BASELINE, ROOT)]
+    variants = [ab.Variant("ours", OURS, ROOT), ab.Variant("baseline", PEER, ROOT)]
     with trio.fail_after(120):
         run = await ab.paired_run(variants, "raw", calls=1, seconds=0.5, in_turn=1)
     assert sorted(run) == ["baseline", "ours"]
     measured = [(event, names[url]) for event, url in loads[-4:]]  # after the warm-ups
     # One at a time (each load ended before the next began), the second variant first.
     assert measured == [
-        ("start", BASELINE.name),
-        ("end", BASELINE.name),
+        ("start", PEER.name),
+        ("end", PEER.name),
         ("start", OURS.name),
         ("end", OURS.name),
     ]
@@ -314,9 +342,9 @@ async def test_ab_in_turn_loads_one_server_at_a_time_starting_with_the_given_one
 @pytest.mark.slow
 async def test_ab_bot_mode_measures_sessions_and_their_round_trips():
     from bench.ab import Variant, paired_run
-    from bench.servers import BASELINE, OURS
+    from bench.servers import OURS, PEER
 
-    variants = [Variant("ours", OURS, ROOT), Variant("baseline", BASELINE, ROOT)]
+    variants = [Variant("ours", OURS, ROOT), Variant("baseline", PEER, ROOT)]
     with trio.fail_after(120):
         run = await paired_run(variants, "bot", calls=0, seconds=0, sessions=20)
     assert sorted(run) == ["baseline", "ours"]

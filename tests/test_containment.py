@@ -128,6 +128,7 @@ async def test_a_cancelled_sessions_objects_are_released_at_its_end(
     try:
         handle = await supervisor.start(SessionSpec("s1", None, budget=1))
         assert await handle.wait() is Outcome.BUDGET
+        await supervisor.memory_released()
         assert kept[0]() is None
     finally:
         gc.enable()

@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trio
 
 from pipecat_base.nursery import SessionSpec
-from pipecat_base.sessions.memory import freeze_startup_heap, parse_switch, release_memory
+from pipecat_base.sessions.memory import (
+    SETTLE_BOUND,
+    AfterSessions,
+    freeze_startup_heap,
+    parse_switch,
+    release_memory,
+    release_memory_off_thread,
+)
 
 
 class Node:
@@ -45,6 +54,10 @@ async def test_cycle_left_by_a_session_is_freed_after_it(make_supervisor, logs):
     refs: list[weakref.ref] = []
     sup = make_supervisor(cycle_bot(refs))
     await (await sup.start(SessionSpec("s1", args=None))).wait()
+    # The session's end is told (its /bot answers) before the collection: off the response path.
+    assert refs[0]() is not None
+    assert not logs.having("Released session memory")
+    await sup.memory_released()
     assert refs[0]() is None
     (line,) = logs.having("Released session memory")
     assert line[0] == "DEBUG"
@@ -62,10 +75,85 @@ async def test_release_is_skipped_while_another_session_runs(make_supervisor, au
     long = await sup.start(SessionSpec("long", args=10))
     short = await sup.start(SessionSpec("short", args=1))
     await short.wait()
+    await sup.memory_released()
     assert refs[1]() is not None  # "long" still runs: no collection stalls it
     await long.wait()
+    await sup.memory_released()
     assert refs[0]() is None
     assert refs[1]() is None
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+async def test_a_session_started_before_the_release_ran_is_not_made_to_wait_for_it(
+    make_supervisor, logs, autojump_clock
+):
+    refs: list[weakref.ref] = []
+    sup = make_supervisor(cycle_bot(refs))
+    await (await sup.start(SessionSpec("first", args=None))).wait()
+    began = trio.current_time()
+    second = await sup.start(SessionSpec("second", args=5))  # before the release's task ran
+    await sup.memory_released()
+    assert refs[0]() is not None  # skipped: the second session runs
+    assert not logs.having("Released session memory")
+    await second.wait()
+    assert trio.current_time() - began == pytest.approx(5)
+    await sup.memory_released()
+    assert refs[0]() is None
+    assert refs[1]() is None
+    assert len(logs.having("Released session memory")) == 1
+
+
+async def test_the_trim_runs_off_the_trio_thread_and_is_skipped_once_a_session_started():
+    threads: list[int] = []
+
+    def trim(pad: int) -> int:
+        threads.append(threading.get_ident())
+        return 1
+
+    released = await release_memory_off_thread(lambda: False, malloc_trim=trim)
+    assert released is not None
+    assert released.trimmed is True
+    assert threads
+    assert threads[0] != threading.get_ident()
+    # Busy from the start: nothing at all; busy after the collection: no trim.
+    assert await release_memory_off_thread(lambda: True, malloc_trim=trim) is None
+    answers = iter([False, True])
+    released = await release_memory_off_thread(lambda: next(answers), malloc_trim=trim)
+    assert released is not None
+    assert released.trimmed is False
+    assert len(threads) == 1
+
+
+async def test_requests_during_a_release_run_it_once_more(autojump_clock):
+    settled: list[float] = []
+    gate = trio.Event()
+
+    async def settle() -> None:
+        settled.append(trio.current_time())
+        if len(settled) == 1:
+            await gate.wait()
+
+    after = AfterSessions(lambda: False, settle, malloc_trim=lambda pad: 0)
+    async with trio.open_nursery() as nursery:
+        after.request(nursery)
+        await trio.sleep(0.1)
+        after.request(nursery)  # while the first waits in settle: no second task, one rerun
+        after.request(nursery)
+        gate.set()
+        await after.wait()
+    assert len(settled) == 2
+    await after.wait()  # nothing pending: at once
+
+
+async def test_a_loop_that_never_settles_delays_the_release_by_its_bound_only(autojump_clock):
+    async def never() -> None:
+        await trio.sleep_forever()
+
+    after = AfterSessions(lambda: False, never, malloc_trim=lambda pad: 0)
+    async with trio.open_nursery() as nursery:
+        after.request(nursery)
+        await after.wait()
+    assert trio.current_time() == SETTLE_BOUND
 
 
 @pytest.mark.usefixtures("no_automatic_gc")
@@ -73,6 +161,7 @@ async def test_release_can_be_turned_off(make_supervisor, logs):
     refs: list[weakref.ref] = []
     sup = make_supervisor(cycle_bot(refs), release_session_memory=False)
     await (await sup.start(SessionSpec("s1", args=None))).wait()
+    await sup.memory_released()
     assert refs[0]() is not None
     assert not logs.having("Released session memory")
 

@@ -94,8 +94,8 @@ async def test_the_startup_heap_is_frozen_so_releasing_a_sessions_memory_stays_c
     tmp_path: Path,
 ):
     # What the bot's import built (pipecat, here 500k objects in cycles) lives as long as the
-    # process; walking it made every release between sessions (on by default, before /bot
-    # answers) a full collection of tens of milliseconds.
+    # process; walking it made every release between sessions (on by default, once /bot
+    # has answered) a full collection of tens of milliseconds.
     env = {"HEAP_BOT_REPORT": str(tmp_path / "report")}
     async with server_process(BOTS / "heap_bot.py", env=env) as server:
         assert (await post_bot(server.url, {})).status_code == 200

@@ -1,4 +1,13 @@
-"""``python -m bench.baseline BOT --port N``: the existing image's serving model, for comparison.
+"""``python -m bench.baseline BOT --port N [--stack stdlib]``: the existing image's serving model,
+for comparison: the peer stack.
+
+The existing image's lock installs ``fastapi[standard]``, so its server is uvicorn with
+``uvicorn[standard]``'s choices: **uvloop** for the loop, **httptools** for HTTP/1.1 and
+**websockets** for WebSocket (its sans-I/O protocol, uvicorn's "auto"). They are named here
+(``--stack peer``, the default), so a missing one fails the start instead of silently falling
+back to the stdlib loop and h11, which cost about what pipecat-base costs and would flatter it.
+``--stack stdlib`` runs the same app on asyncio's own loop with h11 and ``websockets``' sans-I/O
+protocol: the optional second column.
 
 Native asyncio: ``bot(args)`` is awaited inside the request handler; ``/ws`` accepts, hands the
 bot Starlette's WebSocket, and closes it afterwards. Same argument types (pipecatcloud's), same
@@ -14,6 +23,7 @@ per call -- about a tenth of the baseline's CPU per pipecat call-second until 20
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
 import json
@@ -34,12 +44,22 @@ from pipecat_base.startup.loader import load_bot
 OBSERVERS_SETUP = str(Path(pipecat_base.__file__).parent / "observability" / "observers_setup.py")
 
 
+# uvicorn's loop, HTTP and WebSocket implementations, by name. The peer's are what uvicorn's
+# "auto" resolves to with uvicorn[standard] installed (its WebSocket "auto" is websockets'
+# sans-I/O protocol), named so that a missing one fails instead of falling back.
+STACKS = {
+    "peer": {"loop": "uvloop", "http": "httptools", "ws": "websockets-sansio"},
+    "stdlib": {"loop": "asyncio", "http": "h11", "ws": "websockets-sansio"},
+}
+
+
 def create_app(bot: Any) -> FastAPI:
     app = FastAPI()
 
     @app.get("/livez")
     async def livez() -> dict:
-        return {"status": "ok"}
+        # The loop's module ("uvloop" or "asyncio"): the harness's tests check the stack.
+        return {"status": "ok", "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}
 
     @app.post("/bot")
     async def start_bot(request: Request) -> dict:
@@ -79,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bot")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--stack", choices=sorted(STACKS), default="peer")
     options = parser.parse_args()
     setup_files = [p for p in os.environ.get("PIPECAT_SETUP_FILES", "").split(os.pathsep) if p]
     os.environ["PIPECAT_SETUP_FILES"] = os.pathsep.join([*setup_files, OBSERVERS_SETUP])
@@ -94,6 +115,7 @@ def main() -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=float(os.environ.get("SHUTDOWN_TIMEOUT", "7200")),
+        **STACKS[options.stack],
     )
 
 
