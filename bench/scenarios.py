@@ -138,7 +138,7 @@ async def memory(server: Server, plan: Plan, results: Results) -> None:
     for mark in plan.memory_marks:
         await post_bots(server, mark - done, 1, f"mem{mark}")
         done = mark
-        await trio.sleep(0.2)
+        await settle(server.pid)  # pipecat-base releases memory once idle (`AfterSessions`)
         results.add(f"rss_after_{mark}_sessions_mib", server.kind, rss_mib(server.pid))
 
 

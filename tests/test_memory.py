@@ -15,6 +15,7 @@ import trio
 
 from pipecat_base.nursery import SessionSpec
 from pipecat_base.sessions.memory import (
+    QUIET,
     SETTLE_BOUND,
     AfterSessions,
     freeze_startup_heap,
@@ -136,12 +137,12 @@ async def test_requests_during_a_release_run_it_once_more(autojump_clock):
     after = AfterSessions(lambda: False, settle, malloc_trim=lambda pad: 0)
     async with trio.open_nursery() as nursery:
         after.request(nursery)
-        await trio.sleep(0.1)
+        await trio.sleep(QUIET * 2)
         after.request(nursery)  # while the first waits in settle: no second task, one rerun
         after.request(nursery)
         gate.set()
         await after.wait()
-    assert len(settled) == 2
+    assert settled == [QUIET, QUIET * 3]  # the rerun waits its own quiet time too
     await after.wait()  # nothing pending: at once
 
 
@@ -153,7 +154,20 @@ async def test_a_loop_that_never_settles_delays_the_release_by_its_bound_only(au
     async with trio.open_nursery() as nursery:
         after.request(nursery)
         await after.wait()
-    assert trio.current_time() == SETTLE_BOUND
+    assert trio.current_time() == QUIET + SETTLE_BOUND
+
+
+async def test_back_to_back_sessions_release_once_after_the_last(
+    make_supervisor, logs, autojump_clock
+):
+    refs: list[weakref.ref] = []
+    sup = make_supervisor(cycle_bot(refs))
+    for i in range(5):  # each starts within QUIET of the previous one's end
+        await (await sup.start(SessionSpec(f"s{i}", args=None))).wait()
+        await trio.sleep(QUIET / 2)
+    await sup.memory_released()
+    assert all(ref() is None for ref in refs)
+    assert len(logs.having("Released session memory")) == 1
 
 
 @pytest.mark.usefixtures("no_automatic_gc")

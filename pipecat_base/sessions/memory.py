@@ -22,6 +22,11 @@ from dataclasses import dataclass
 import trio
 from loguru import logger
 
+# How long the server must have run no session before memory is released. Back-to-back
+# sessions (a burst of short /bot calls) would otherwise pay a collection and a trim between
+# every two, and each next request would wait behind them; one release after the burst frees
+# what they all left.
+QUIET = 0.1
 # How long the loop may take to run the callbacks a session's teardown scheduled before the
 # collection; past it, what they would free waits for the next release.
 SETTLE_BOUND = 1.0
@@ -90,10 +95,11 @@ class AfterSessions:
 
     `request` is called when the last running session has ended, after its route was told (so
     ``/bot`` answers as soon as ``bot()`` has ended). The release runs in a task of the given
-    nursery (the supervisor's: it is waited for, bounded, at shutdown): first the loop runs
-    what the teardown scheduled (``settle``, bounded by `SETTLE_BOUND`), then
-    `release_memory_off_thread`, each step skipped as soon as a session has started meanwhile
-    (``busy``). Requests that come while one runs make it run once more.
+    nursery (the supervisor's: it is waited for, bounded, at shutdown): once no session has
+    run for `QUIET` seconds, the loop runs what the teardown scheduled (``settle``, bounded by
+    `SETTLE_BOUND`), then `release_memory_off_thread`; each step is skipped as soon as a
+    session has started meanwhile (``busy``), whose end requests the release again. Requests
+    that come while one runs make it run once more.
     """
 
     def __init__(
@@ -106,9 +112,13 @@ class AfterSessions:
         self._settle = settle
         self._malloc_trim = malloc_trim
         self._again = False
+        self._quiet: trio.CancelScope | None = None
         self._done: trio.Event | None = None
 
     def request(self, nursery: trio.Nursery) -> None:
+        if self._quiet is not None:  # still waiting for quiet: wait from this end instead
+            self._quiet.deadline = trio.current_time() + QUIET
+            return
         if self._done is not None:
             self._again = True
             return
@@ -132,6 +142,15 @@ class AfterSessions:
             done.set()
 
     async def _once(self) -> None:
+        # Sessions that end while this waits move its deadline (`request`).
+        self._quiet = trio.CancelScope(deadline=trio.current_time() + QUIET)
+        try:
+            with self._quiet:
+                await trio.sleep_forever()
+        finally:
+            self._quiet = None
+        if self._busy():
+            return
         with trio.move_on_after(SETTLE_BOUND):
             await self._settle()
         released = await release_memory_off_thread(self._busy, self._malloc_trim)
