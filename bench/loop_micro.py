@@ -1,8 +1,10 @@
 """Per-callback cost of the asyncio loop bots run on: ``python -m bench.loop_micro [N]``.
 
-Three asyncio patterns pipecat leans on, timed in CPU microseconds per operation, on the
-server's loop (trio-asyncio with `pipecat_base.bridge.loop`'s adaptations) and, in a child process
-that never imports trio-asyncio (which patches asyncio process-wide), on plain asyncio:
+Four asyncio patterns pipecat leans on, timed in CPU microseconds per operation, on the
+server's loop (trio-asyncio with `pipecat_base.bridge.loop`'s adaptations, every speedup
+engaged as the server runs it; ``bridge-stock`` with none) and, in child processes that never
+import trio-asyncio (which patches asyncio process-wide), on plain asyncio and on uvloop (the
+peer stack's loop):
 
 * ``call_soon`` -- a chain of callbacks, each scheduling the next;
 * ``sleep0`` -- ``await asyncio.sleep(0)``, a task yielding;
@@ -72,24 +74,33 @@ async def measure(n: int) -> dict[str, float]:
     }
 
 
-def on_bridge_loop(n: int) -> dict[str, float]:
-    """`measure` on the server's trio-asyncio loop."""
+def on_bridge_loop(n: int, speedups: str | None = None) -> dict[str, float]:
+    """`measure` on the server's trio-asyncio loop, with the ``speedups`` selection
+    (``PIPECAT_BASE_SPEEDUPS``; all by default, as the server runs)."""
     import trio
 
+    from pipecat_base import _speedups
     from pipecat_base.bridge.loop import open_bridge_loop, run_aio
+
+    before = _speedups.engaged()
+    _speedups.install(speedups)
 
     async def main() -> dict[str, float]:
         async with open_bridge_loop() as loop:
             return await run_aio(loop, measure, n)
 
-    return trio.run(main)
+    try:
+        return trio.run(main)
+    finally:  # the selection in place before (a test process's, say) comes back
+        _speedups.install(",".join(sorted(before)) or "0")
 
 
-def on_plain_asyncio(n: int) -> dict[str, float]:
-    """`measure` on plain asyncio, in a child process (trio-asyncio patches asyncio)."""
+def on_plain_asyncio(n: int, runner: str = "asyncio") -> dict[str, float]:
+    """`measure` on plain asyncio (``runner`` ``uvloop``: on uvloop), in a child process
+    (trio-asyncio patches asyncio)."""
     code = (
-        "import asyncio, json, bench.loop_micro as m; "
-        f"print(json.dumps(asyncio.run(m.measure({n}))))"
+        f"import asyncio, json, {runner}, bench.loop_micro as m; "
+        f"print(json.dumps({runner}.run(m.measure({n}))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
@@ -97,8 +108,14 @@ def on_plain_asyncio(n: int) -> dict[str, float]:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    for name, result in (("asyncio", on_plain_asyncio(n)), ("bridge", on_bridge_loop(n))):
-        print(f"{name:8} " + "  ".join(f"{k} {v:.2f} us" for k, v in result.items()))
+    rows = (
+        ("asyncio", lambda: on_plain_asyncio(n)),
+        ("uvloop", lambda: on_plain_asyncio(n, "uvloop")),
+        ("bridge", lambda: on_bridge_loop(n)),
+        ("bridge-stock", lambda: on_bridge_loop(n, "0")),
+    )
+    for name, run in rows:
+        print(f"{name:12} " + "  ".join(f"{k} {v:.2f} us" for k, v in run().items()))
 
 
 if __name__ == "__main__":

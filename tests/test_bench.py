@@ -417,3 +417,23 @@ async def test_media_rows_are_measured_on_each_server_in_turn(monkeypatch):
         for server in (ours, baseline)
     ]
     assert order == expected
+
+
+def test_profile_attributes_py_spy_samples_to_the_innermost_frames_package():
+    from bench.profile import package_of, parse_collapsed, report, self_time
+
+    raw = (
+        "run (trio/_core/_run.py:2532);get_events (trio/_core/_io_epoll.py:226) 3\n"
+        "step (pipecat/processors/frame_processor.py:10);get (asyncio/queues.py:149) 2\n"
+        "run_batch (pipecat_base/_speedups/loop_scheduler.py:300) 1\n"
+        "not a sample line\n"
+    )
+    stacks = parse_collapsed(raw)
+    assert sum(stacks.values()) == 6
+    packages, functions = self_time(stacks)
+    assert packages == {"trio": 3, "asyncio": 2, "pipecat_base/_speedups": 1}
+    assert functions["asyncio: get (queues.py)"] == 2
+    assert package_of("<frozen runpy>") == "<native>"
+    text = report(stacks, 5)
+    assert text.startswith("6 samples")
+    assert " 50.0%  trio" in text
