@@ -75,6 +75,7 @@ async def paired_run(
     seconds: float,
     sessions: int = 1000,
     in_turn: int | None = None,
+    concurrency: int = 1,
 ) -> dict[str, RunResult]:
     """One run: all servers up at once, the same calls (or ``bot`` sessions) against each at
     the same time -- or, with ``in_turn``, against each in turn, starting with the variant at
@@ -96,7 +97,7 @@ async def paired_run(
         async def measure(name: str, server: servers.Server) -> None:
             if mode == BOT:
                 before = servers.cpu_seconds(server.pid)
-                answered = await post_bots(server, sessions, 1, "ab")
+                answered = await post_bots(server, sessions, concurrency, "ab")
                 cpu = servers.cpu_seconds(server.pid) - before
                 rtts = round_trips_ms(answered)
                 results[name] = RunResult(cpu * 1000 / sessions, 0, pct(rtts, 50), pct(rtts, 99))
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sessions", type=int, default=1000, help="per run, in bot mode")
+    parser.add_argument("--concurrency", type=int, default=1, help="sessions at once, bot mode")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
         "--in-turn", action="store_true", help="load the servers one after the other, not at once"
@@ -153,13 +155,15 @@ def main(argv: list[str] | None = None) -> int:
             options.seconds,
             options.sessions,
             number if options.in_turn else None,
+            options.concurrency,
         )
         runs.append(run)
         line = (f"{v.name} {run[v.name].cpu_ms:6.3f}" for v in options.variants)
         print("  ".join(line), flush=True)
     reference = options.variants[0].name
     if options.mode == BOT:
-        print(f"CPU ms per session (bot, {options.sessions} sequential sessions)")
+        print(f"CPU ms per session (bot, {options.sessions} sessions, "
+              f"{options.concurrency} at a time)")  # fmt: skip
     else:
         calls = f"{options.calls} calls of {options.seconds:g} s"
         print(f"CPU ms per call-second ({options.mode}, {calls})")

@@ -344,6 +344,7 @@ class SessionSupervisor:
             )
             self.stop_all("shutdown", Outcome.SHUTDOWN)
         await self.wait_idle()
+        self._memory.cancel()  # no release after the last session: the process is ending
         self.metrics.drained(trio.current_time() - began)
 
     # -- the session itself ----------------------------------------------------------------

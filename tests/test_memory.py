@@ -230,3 +230,19 @@ async def test_bad_switch_value_is_logged_at_startup_and_release_stays_on(serve_
         pass  # started and shut down: the switch is read at startup
     (error,) = logs.having("PCC_RELEASE_SESSION_MEMORY must be true or false")
     assert error[0] == "ERROR"
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+async def test_a_drain_drops_the_release_after_the_last_session(
+    make_supervisor, logs, autojump_clock
+):
+    # The session nursery's exit waits for its tasks: a release still waiting for quiet would
+    # hold the shutdown for it, to give memory back to a process about to exit.
+    refs: list[weakref.ref] = []
+    sup = make_supervisor(cycle_bot(refs))
+    await (await sup.start(SessionSpec("s1", args=None))).wait()
+    began = trio.current_time()
+    await sup.drain(trio.current_time() + 10)
+    await sup.memory_released()
+    assert trio.current_time() == began  # no quiet wait, no settle
+    assert not logs.having("Released session memory")

@@ -83,6 +83,9 @@ class AsgiBridge:
         self._flushed = trio.Event()
         self.disconnected = trio.Event()
         """Set when the peer's disconnect event has been read (and handed to asyncio)."""
+        self.first_event: Message | None = None
+        """The first event read from the peer (it stays queued for the asyncio side)."""
+        self._first_read = trio.Event()
 
     async def receive(self) -> Message:
         """asyncio side: the next ASGI event from the peer."""
@@ -122,7 +125,17 @@ class AsgiBridge:
         if future is not None:
             await future
 
+    async def wait_first_event(self) -> Message:
+        """trio side: the first event from the peer, once read; the asyncio side still gets
+        it (a peek, not a receive)."""
+        await self._first_read.wait()
+        assert self.first_event is not None
+        return self.first_event
+
     def _queue(self, event: Message) -> None:
+        if self.first_event is None:
+            self.first_event = event
+            self._first_read.set()
         if event["type"] == "websocket.receive":
             # uvicorn's shape, which Starlette (and so pipecat) runs on under the existing
             # image: only the key that carries the frame (Hypercorn adds the other as None).

@@ -1,8 +1,12 @@
 """``WS /ws``: telephony and custom WebSocket sessions.
 
 The route accepts, then runs a session whose bot gets a genuine Starlette ``WebSocket``
-(`transports.websocket`). The caller hanging up reaches the bot as ``websocket.disconnect``; a
-bot that does not end within ``CLIENT_DISCONNECT_GRACE`` is stopped.
+(`transports.websocket`). A session is a plain WebSocket one (``args.transport_type ==
+"websocket"``, pipecat's marker for ``create_transport``) when the upgrade says so
+(``X-Daily-Transport-Type: websocket`` or ``?transport=websocket``) or when the client's first
+frame is binary; otherwise pipecat detects the telephony provider. The caller hanging up
+reaches the bot as ``websocket.disconnect``; a bot that does not end within
+``CLIENT_DISCONNECT_GRACE`` is stopped.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
+# How long a session that did not declare its kind waits for the client's first frame, which
+# tells a plain WebSocket client (binary first) from telephony (a JSON text message first).
+# Providers send theirs on connecting; a client that waits for the bot to speak first starts
+# after this, undeclared (pipecat then looks for a provider's messages).
+FIRST_FRAME_WAIT = 1.0
 
 
 def blueprint(routes: Routes) -> Blueprint:
@@ -66,10 +75,20 @@ def blueprint(routes: Routes) -> Blueprint:
                     return None
             budget = routes.session_budget(ws.headers)
             body = inputs.decode_ws_body(ws.args.get("body"))
+            plain = inputs.declares_plain_websocket(
+                ws.headers.get(inputs.TRANSPORT_TYPE_HEADER), ws.args.get(inputs.TRANSPORT_QUERY)
+            )
         await ws.accept()
         async with open_starlette_websocket(supervisor.loop, ws) as socket:
+            if not plain:
+                with trio.move_on_after(FIRST_FRAME_WAIT):
+                    plain = await socket.first_frame_is_binary()
             args = websocket_session_args(session_id, body, socket.websocket)
             args.flow_config = flow_config
+            if plain:
+                # What pipecat's create_transport reads to build a FastAPIWebsocketTransport
+                # instead of looking for a telephony provider's first messages.
+                args.transport_type = inputs.PLAIN_WEBSOCKET
             try:
                 handle = await supervisor.start(SessionSpec(session_id, args, budget))
             except SessionRefused:

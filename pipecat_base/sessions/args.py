@@ -42,6 +42,8 @@ class FallbackWebSocketSessionArguments(_FallbackArguments):
     """Stand-in for ``pipecatcloud.agent.WebSocketSessionArguments``."""
 
     websocket: Any = field(default=None, kw_only=True)
+    # "websocket" for a plain WebSocket session (pipecat's WebSocketRunnerArguments field).
+    transport_type: str | None = field(default=None, kw_only=True)
 
 
 def preload() -> str:

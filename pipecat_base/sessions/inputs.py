@@ -20,6 +20,10 @@ ROOM_URL_HEADER = "X-Daily-Room-Url"
 ROOM_TOKEN_HEADER = "X-Daily-Room-Token"
 TRANSPORT_TYPE_HEADER = "X-Daily-Transport-Type"
 BUDGET_HEADER = "X-PCC-Max-Session-Seconds"
+# `/ws`'s query parameter that marks a plain WebSocket session, as the header does:
+# ``?transport=websocket``.
+TRANSPORT_QUERY = "transport"
+PLAIN_WEBSOCKET = "websocket"
 # Session ids are UUIDs (36 characters); a longer one is refused rather than repeated in every
 # log line of its session.
 MAX_SESSION_ID_LENGTH = 256
@@ -127,6 +131,15 @@ def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
     return "number"
+
+
+def declares_plain_websocket(header: str | None, query: str | None) -> bool:
+    """``X-Daily-Transport-Type: websocket`` on the upgrade, or ``?transport=websocket``: the
+    session is a plain WebSocket one (pipecat's ``transport_type = "websocket"``), not
+    telephony whose provider pipecat detects from its first messages."""
+    return any(
+        value is not None and value.strip().lower() == PLAIN_WEBSOCKET for value in (header, query)
+    )
 
 
 def decode_ws_body(raw: str | None) -> Any:

@@ -73,8 +73,8 @@ async def release_memory_off_thread(
     """`release_memory`, with ``malloc_trim`` in a worker thread; None if ``busy()`` (a session
     started) before the collection.
 
-    The collection must hold the interpreter (~0.3 ms with the startup heap frozen). The trim
-    (~1.1 ms with pipecat loaded) is a C call, which ctypes makes without the GIL, so the Trio
+    The collection must hold the interpreter (~1 ms with pipecat loaded and the startup heap
+    frozen). The trim (~2 ms) is a C call, which ctypes makes without the GIL, so the Trio
     thread serves meanwhile; it is skipped when a session started during the collection.
     """
     if busy():
@@ -113,6 +113,7 @@ class AfterSessions:
         self._malloc_trim = malloc_trim
         self._again = False
         self._quiet: trio.CancelScope | None = None
+        self._running: trio.CancelScope | None = None
         self._done: trio.Event | None = None
 
     def request(self, nursery: trio.Nursery) -> None:
@@ -123,21 +124,31 @@ class AfterSessions:
             self._again = True
             return
         self._done = trio.Event()
-        nursery.start_soon(self._run, self._done)
+        # Made here, entered by the task: a `cancel` before the task first runs still holds.
+        self._running = trio.CancelScope()
+        nursery.start_soon(self._run, self._done, self._running)
 
     async def wait(self) -> None:
         """Return once no release is pending or running."""
         if self._done is not None:
             await self._done.wait()
 
-    async def _run(self, done: trio.Event) -> None:
+    def cancel(self) -> None:
+        """Drop a pending or running release (the process is shutting down: memory given back
+        now helps no one, and the session nursery's exit would wait for it)."""
+        if self._running is not None:
+            self._running.cancel()
+
+    async def _run(self, done: trio.Event, scope: trio.CancelScope) -> None:
         try:
-            again = True
-            while again:
-                self._again = False
-                await self._once()
-                again = self._again
+            with scope:
+                again = True
+                while again:
+                    self._again = False
+                    await self._once()
+                    again = self._again
         finally:
+            self._running = None
             self._done = None
             done.set()
 

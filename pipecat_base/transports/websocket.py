@@ -80,6 +80,12 @@ class StarletteSocket:
     async def wait_disconnected(self) -> None:
         await self._bridge.disconnected.wait()
 
+    async def first_frame_is_binary(self) -> bool:
+        """Wait for the client's first event: True if it is a binary frame (which no telephony
+        provider opens with: theirs is a JSON text message). The bot still receives it."""
+        event = await self._bridge.wait_first_event()
+        return event["type"] == "websocket.receive" and event.get("bytes") is not None
+
     async def send(self, message: Message) -> None:
         """trio side of the bot's sends: frames go straight out; accept and close go through
         Quart, so its connection state (and the closing frame it sends after the route) stay
