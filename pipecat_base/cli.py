@@ -183,10 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         features=detected,
         owns_process=True,
     )
-    from pipecat_base.sessions.memory import freeze_startup_heap
-
-    frozen = freeze_startup_heap()
-    logger.debug(f"Froze {frozen} objects alive at startup: collections leave them out")
     try:
         trio.run(server.run)
     except BaseException as exc:

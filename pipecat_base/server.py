@@ -58,7 +58,7 @@ from pipecat_base.observability.events import EventPublisher
 from pipecat_base.observability.stdio import StdioGuard
 from pipecat_base.observability.watchdog import LoopWatchdog
 from pipecat_base.sessions.children import ChildProcesses
-from pipecat_base.sessions.memory import parse_switch
+from pipecat_base.sessions.memory import freeze_startup_heap, parse_switch
 from pipecat_base.startup.capabilities import build_document
 from pipecat_base.startup.features import (
     CAPABILITIES,
@@ -359,6 +359,13 @@ class Server:
                 control.start_soon(self._shutdown_sequence)
                 binds = await control.start(self._serve_http, runtime.asgi)
                 self.listening = True
+                if self._children is not None:  # the process is ours (the CLI's)
+                    # Everything built so far -- the bot's imports, pipecat, the runtime, the
+                    # app, Hypercorn -- lives as long as the server: out of every collection.
+                    frozen = freeze_startup_heap()
+                    logger.debug(
+                        f"Froze {frozen} objects alive at startup: collections leave them out"
+                    )
                 logger.info(f"Serving {self.bot_module.label} on {', '.join(binds)}")
                 # uvicorn's words, which the existing image printed and log alerts key on.
                 logger.info(STARTUP_COMPLETE)

@@ -182,12 +182,14 @@ def parse_switch(raw: str | None) -> tuple[bool, str | None]:
 def freeze_startup_heap() -> int:
     """Collect, then leave every object alive now out of later collections; returns how many.
 
-    Run once the bot is imported and before serving. With pipecat loaded, a full collection
-    walks the ~120k objects of the modules, classes and functions imported at startup, which
-    live as long as the process: ~65 ms per collection, paid by every `release_memory` before
-    the ``/bot`` route answers, and as a pause of every call whenever the collector runs a
-    full collection on its own. Frozen (``gc.freeze``), they are skipped: the same release
-    takes ~0.3 ms and still frees everything sessions leave, since they allocate after this.
+    Run once the server listens (the bot imported, the runtime built), before the first
+    session. With pipecat loaded, a full collection walks the ~120k objects of the modules,
+    classes and functions imported at startup, and what the runtime built, which live as long
+    as the process: ~65 ms per collection, paid by every release after a session, and as a
+    pause of every call whenever the collector runs a full collection on its own. Frozen
+    (``gc.freeze``), they are skipped, and the release still frees everything sessions leave,
+    since they allocate after this. (Frozen before the runtime was built, as until
+    2026-12-08, the release walked the runtime's objects too: 10-13 ms in `test_process`.)
     Garbage already there is collected first, so nothing collectable is frozen.
     """
     gc.collect()
