@@ -323,6 +323,7 @@ class Server:
         self._forced = False
         self._shutdown_deadline: float | None = None
         self._stdio = StdioGuard()
+        self._owns_process = owns_process
         self._children = ChildProcesses() if owns_process else None
 
     def request_shutdown(self) -> None:
@@ -359,7 +360,7 @@ class Server:
                 control.start_soon(self._shutdown_sequence)
                 binds = await control.start(self._serve_http, runtime.asgi)
                 self.listening = True
-                if self._children is not None:  # the process is ours (the CLI's)
+                if self._owns_process:  # a test process's heap is not ours to freeze
                     # Everything built so far -- the bot's imports, pipecat, the runtime, the
                     # app, Hypercorn -- lives as long as the server: out of every collection.
                     frozen = freeze_startup_heap()

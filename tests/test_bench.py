@@ -104,6 +104,7 @@ def test_loop_micro_measures_both_loops():
 
 
 @needs_pipecat
+@needs_pipecat
 @pytest.mark.slow
 @pytest.mark.parametrize(("kind", "loop"), [("PEER", "uvloop"), ("STDLIB", "asyncio")])
 async def test_the_peer_stack_is_uvloop_and_httptools_and_the_stdlib_column_is_not(kind, loop):

@@ -21,7 +21,6 @@ from pipecat_base.sessions.memory import (
     freeze_startup_heap,
     parse_switch,
     release_memory,
-    release_memory_off_thread,
 )
 
 
@@ -111,15 +110,15 @@ async def test_the_trim_runs_off_the_trio_thread_and_is_skipped_once_a_session_s
         threads.append(threading.get_ident())
         return 1
 
-    released = await release_memory_off_thread(lambda: False, malloc_trim=trim)
+    released = await release_memory(lambda: False, malloc_trim=trim)
     assert released is not None
     assert released.trimmed is True
     assert threads
     assert threads[0] != threading.get_ident()
     # Busy from the start: nothing at all; busy after the collection: no trim.
-    assert await release_memory_off_thread(lambda: True, malloc_trim=trim) is None
+    assert await release_memory(lambda: True, malloc_trim=trim) is None
     answers = iter([False, True])
-    released = await release_memory_off_thread(lambda: next(answers), malloc_trim=trim)
+    released = await release_memory(lambda: next(answers), malloc_trim=trim)
     assert released is not None
     assert released.trimmed is False
     assert len(threads) == 1
@@ -198,7 +197,7 @@ def test_switch_parsing(raw, on, error):
 
 
 @pytest.mark.usefixtures("no_automatic_gc")
-def test_the_startup_heap_is_collected_then_frozen_and_later_cycles_still_freed():
+async def test_the_startup_heap_is_collected_then_frozen_and_later_cycles_still_freed():
     garbage = Node()
     garbage_ref = weakref.ref(garbage)
     del garbage
@@ -210,14 +209,15 @@ def test_the_startup_heap_is_collected_then_frozen_and_later_cycles_still_freed(
         later = Node()
         later_ref = weakref.ref(later)
         del later
-        release_memory(malloc_trim=lambda pad: 0)
+        await release_memory(lambda: False, lambda pad: 0)
         assert later_ref() is None
     finally:
         gc.unfreeze()
 
 
-def test_release_without_malloc_trim_still_collects():
-    released = release_memory(malloc_trim=lambda pad: 0)
+async def test_release_without_malloc_trim_still_collects():
+    released = await release_memory(lambda: False, malloc_trim=lambda pad: 0)
+    assert released is not None
     assert released.trimmed is False
     assert released.collected >= 0
     assert str(released).startswith("Released session memory: collected ")

@@ -37,12 +37,16 @@ def test_a_session_declares_itself_plain_by_header_or_query(header, query, plain
     assert inputs.declares_plain_websocket(header, query) is plain
 
 
+def audio_of(index: int) -> bytes:
+    """Frame ``index``'s audio: distinct per frame, so the echo is checked byte for byte."""
+    return bytes((index * 7 + k) % 256 for k in range(FRAME_BYTES))
+
+
 def audio_frame(index: int) -> bytes:
     from pipecat.frames.protobufs import frames_pb2
 
-    audio = bytes((index * 7 + k) % 256 for k in range(FRAME_BYTES))
     frame = frames_pb2.Frame(
-        audio=frames_pb2.AudioRawFrame(audio=audio, sample_rate=16000, num_channels=1)
+        audio=frames_pb2.AudioRawFrame(audio=audio_of(index), sample_rate=16000, num_channels=1)
     )
     return frame.SerializeToString()
 
@@ -57,7 +61,7 @@ def heard_audio(message: bytes | str) -> bytes:
 
 async def talk(url: str, headers: list[tuple[str, str]]) -> bytes:
     """Send FRAMES protobuf audio frames in real time, collect the echo, hang up."""
-    sent = b"".join(bytes((i * 7 + k) % 256 for k in range(FRAME_BYTES)) for i in range(FRAMES))
+    sent = b"".join(audio_of(i) for i in range(FRAMES))
     heard = bytearray()
     enough = trio.Event()
 
@@ -117,3 +121,22 @@ async def test_a_telephony_client_stays_undeclared_for_pipecats_detection(serve_
                 await logs.wait_for("plain websocket bot: transport_type=")
     ours = [m for _, sid, m in logs.records if sid == "tel-1"]
     assert "plain websocket bot: transport_type=None" in ours
+
+
+@needs_pipecat
+@pytest.mark.slow
+async def test_a_silent_client_starts_undeclared_after_the_first_frame_wait(serve_bot, logs):
+    # A client that waits for the bot to speak first: the session starts without a verdict
+    # once FIRST_FRAME_WAIT has passed, not never.
+    from pipecat_base.routes.websocket import FIRST_FRAME_WAIT
+
+    async with serve_bot(BOT) as served:
+        headers = [("X-Daily-Session-Id", "quiet-1")]
+        async with open_websocket_url(served.ws_url, extra_headers=headers):
+            connected = trio.current_time()
+            with trio.fail_after(FIRST_FRAME_WAIT + 5):
+                await logs.wait_for("plain websocket bot: transport_type=")
+            waited = trio.current_time() - connected
+    ours = [m for _, sid, m in logs.records if sid == "quiet-1"]
+    assert "plain websocket bot: transport_type=None" in ours
+    assert waited >= FIRST_FRAME_WAIT * 0.9

@@ -83,8 +83,8 @@ class AsgiBridge:
         self._flushed = trio.Event()
         self.disconnected = trio.Event()
         """Set when the peer's disconnect event has been read (and handed to asyncio)."""
-        self.first_event: Message | None = None
-        """The first event read from the peer (it stays queued for the asyncio side)."""
+        # The first event read from the peer (it stays queued for the asyncio side).
+        self._first_event: Message | None = None
         self._first_read = trio.Event()
 
     async def receive(self) -> Message:
@@ -129,12 +129,12 @@ class AsgiBridge:
         """trio side: the first event from the peer, once read; the asyncio side still gets
         it (a peek, not a receive)."""
         await self._first_read.wait()
-        assert self.first_event is not None
-        return self.first_event
+        assert self._first_event is not None
+        return self._first_event
 
     def _queue(self, event: Message) -> None:
-        if self.first_event is None:
-            self.first_event = event
+        if self._first_event is None:
+            self._first_event = event
             self._first_read.set()
         if event["type"] == "websocket.receive":
             # uvicorn's shape, which Starlette (and so pipecat) runs on under the existing

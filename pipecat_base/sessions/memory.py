@@ -56,22 +56,12 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def release_memory(malloc_trim: Callable[[int], int] | None = None) -> Released:
-    """Collect every generation, then hand free heap pages back to the OS where glibc can."""
-    start = time.perf_counter()
-    collected = gc.collect()
-    collected_at = time.perf_counter()
-    trim = malloc_trim if malloc_trim is not None else _load_malloc_trim()
-    trimmed = bool(trim(0)) if trim is not None else False
-    done = time.perf_counter()
-    return Released(collected, (collected_at - start) * 1000, trimmed, (done - collected_at) * 1000)
-
-
-async def release_memory_off_thread(
+async def release_memory(
     busy: Callable[[], bool], malloc_trim: Callable[[int], int] | None = None
 ) -> Released | None:
-    """`release_memory`, with ``malloc_trim`` in a worker thread; None if ``busy()`` (a session
-    started) before the collection.
+    """Collect every generation, then hand free heap pages back to the OS where glibc can
+    (``malloc_trim``, in a worker thread); None if ``busy()`` (a session started) before the
+    collection.
 
     The collection must hold the interpreter (~1 ms with pipecat loaded and the startup heap
     frozen). The trim (~2 ms) is a C call, which ctypes makes without the GIL, so the Trio
@@ -97,7 +87,7 @@ class AfterSessions:
     ``/bot`` answers as soon as ``bot()`` has ended). The release runs in a task of the given
     nursery (the supervisor's: it is waited for, bounded, at shutdown): once no session has
     run for `QUIET` seconds, the loop runs what the teardown scheduled (``settle``, bounded by
-    `SETTLE_BOUND`), then `release_memory_off_thread`; each step is skipped as soon as a
+    `SETTLE_BOUND`), then `release_memory`; each step is skipped as soon as a
     session has started meanwhile (``busy``), whose end requests the release again. Requests
     that come while one runs make it run once more.
     """
@@ -164,7 +154,7 @@ class AfterSessions:
             return
         with trio.move_on_after(SETTLE_BOUND):
             await self._settle()
-        released = await release_memory_off_thread(self._busy, self._malloc_trim)
+        released = await release_memory(self._busy, self._malloc_trim)
         if released is not None:
             logger.debug(str(released))
 
